@@ -1,0 +1,150 @@
+"""Model shape: the backbone hyperparameters a checkpoint fixes, plus presets for the released models."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from cogvideo_engine.kernels.rules import FrameGeometry
+
+NUM_IMAGE_TOKENS = 20000
+"""Image tokens are ids ``0..19999``; logits cover exactly these (tied to ``word_embeddings[:20000]``)."""
+
+MODEL_CLASSES = ("CogVideoModel", "CogVideoCacheModel")
+"""``model_class`` values written by the CogVideo training and inference code."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of one CogVideo stage model (SPEC.md §1.4).
+
+    ``stage`` is the checkpoint's ``cogvideo_stage`` (1 or 2): which passes the weights were trained for.
+    The attention rule of a call comes from its pass, not from here.
+    """
+
+    num_layers: int = 48
+    hidden_size: int = 3072
+    num_attention_heads: int = 48
+    vocab_size: int = 150010
+    max_sequence_length: int = 1024
+    additional_seqlen: int = 2000
+    inner_hidden_size: int | None = None
+    stage: int = 1
+    layernorm_epsilon: float = 1e-5
+    geometry: FrameGeometry = field(default_factory=FrameGeometry)
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
+                             f"num_attention_heads {self.num_attention_heads}")
+        if self.stage not in (1, 2):
+            raise ValueError(f"cogvideo_stage must be 1 or 2, got {self.stage!r}")
+        if self.vocab_size < NUM_IMAGE_TOKENS:
+            raise ValueError(f"vocab_size {self.vocab_size} is smaller than the {NUM_IMAGE_TOKENS} image tokens")
+        g = self.geometry
+        if self.max_sequence_length < g.extra_table_start:
+            raise ValueError(f"the base position table ({self.max_sequence_length} rows) must cover ids below "
+                             f"{g.extra_table_start}")
+        needed = g.frame_len * (g.num_slots - 1)
+        if self.additional_seqlen < needed:
+            raise ValueError(f"the extra position table ({self.additional_seqlen} rows) must cover {needed} ids")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def ffn_hidden_size(self) -> int:
+        return self.inner_hidden_size or 4 * self.hidden_size
+
+    def num_parameters(self) -> int:
+        h, f, n = self.hidden_size, self.ffn_hidden_size, self.num_layers
+        base_layer = 4 * 2 * h + (3 * h * h + 3 * h) + (h * h + h) + (f * h + f) + (h * f + h)
+        mixin_layer = (3 * h * h + 3 * h) + (h * h + h) + h
+        tables = (self.vocab_size + self.max_sequence_length + self.additional_seqlen) * h + 2 * h
+        return n * (base_layer + mixin_layer) + tables
+
+    # -- SwissArmyTransformer model_config.json --------------------------------------------------------
+
+    @classmethod
+    def from_sat_json(cls, cfg: dict[str, Any]) -> "ModelConfig":
+        """Build from a SwissArmyTransformer ``model_config.json`` (its keys override the defaults)."""
+        layout = cfg.get("layout", [64, 464, 2064])
+        if isinstance(layout, str):
+            layout = [int(x) for x in layout.split(",")]
+        frame_len = layout[1] - layout[0]
+        grid = int(round(frame_len ** 0.5))
+        if grid * grid != frame_len or (layout[2] - layout[0]) % frame_len:
+            raise ValueError(f"layout {layout} does not describe square frames of equal size")
+        geometry = FrameGeometry(grid=grid, num_slots=(layout[2] - layout[0]) // frame_len,
+                                 **cfg.get("engine_geometry", {}))
+        head_dim = cfg.get("hidden_size_per_attention_head")
+        hidden = cfg.get("hidden_size", 3072)
+        heads = cfg.get("num_attention_heads", 48)
+        if head_dim is not None and head_dim * heads != hidden:
+            raise ValueError(f"hidden_size_per_attention_head {head_dim} x {heads} heads != hidden_size {hidden}")
+        order = cfg.get("layernorm_order", "sandwich")
+        if order != "sandwich":
+            raise ValueError(f"layernorm_order {order!r} is not a CogVideo model (CogVideo uses 'sandwich')")
+        return cls(num_layers=cfg.get("num_layers", 48), hidden_size=hidden, num_attention_heads=heads,
+                   vocab_size=cfg.get("vocab_size", 150010),
+                   max_sequence_length=cfg.get("max_sequence_length", 1024),
+                   additional_seqlen=cfg.get("additional_seqlen", 2000),
+                   inner_hidden_size=cfg.get("inner_hidden_size"), stage=cfg.get("cogvideo_stage", 1),
+                   geometry=geometry)
+
+    def to_sat_json(self) -> dict[str, Any]:
+        """The ``model_config.json`` SwissArmyTransformer writes for this model."""
+        g = self.geometry
+        cfg = {
+            "model_class": "CogVideoModel", "num_layers": self.num_layers, "hidden_size": self.hidden_size,
+            "num_attention_heads": self.num_attention_heads, "vocab_size": self.vocab_size,
+            "hidden_dropout": 0.1, "attention_dropout": 0.1, "layernorm_order": "sandwich",
+            "model_parallel_size": 1, "max_sequence_length": self.max_sequence_length,
+            "layout": [64, 64 + g.frame_len, 64 + g.frame_len * g.num_slots],
+            "window_size": -1 if self.stage == 1 else g.window, "additional_seqlen": self.additional_seqlen,
+            "cogvideo_stage": self.stage,
+        }
+        if self.inner_hidden_size is not None:
+            cfg["inner_hidden_size"] = self.inner_hidden_size
+        extra = {k: v for k, v in dataclasses.asdict(g).items()
+                 if k not in ("grid", "num_slots") and getattr(FrameGeometry(), k) != v}
+        if extra:  # only small test models change these; SAT ignores unknown keys
+            cfg["engine_geometry"] = {k: list(v) if isinstance(v, tuple) else v for k, v in extra.items()}
+        return cfg
+
+    # -- the engine's own config.json (converted checkpoints) -------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["geometry"]["stage2_temporal_order"] = list(self.geometry.stage2_temporal_order)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        d = dict(d)
+        geometry = dict(d.pop("geometry", {}))
+        if "stage2_temporal_order" in geometry:
+            geometry["stage2_temporal_order"] = tuple(geometry["stage2_temporal_order"])
+        return cls(geometry=FrameGeometry(**geometry), **d)
+
+
+def stage1_config() -> ModelConfig:
+    """The released stage-1 model: 48 layers x 3072, 48 heads, vocab 150010, 1024 + 2000 positions."""
+    return ModelConfig(stage=1)
+
+
+def stage2_config() -> ModelConfig:
+    """The released stage-2 (interpolation) model; same backbone as stage 1."""
+    return ModelConfig(stage=2)
+
+
+def tiny_config(stage: int = 1, *, num_layers: int = 2, hidden_size: int = 64, num_attention_heads: int = 4,
+                vocab_size: int = 150010, geometry: FrameGeometry | None = None) -> ModelConfig:
+    """A small model in the real geometry (by default), for tests and the embedded default model."""
+    g = geometry or FrameGeometry()
+    return ModelConfig(num_layers=num_layers, hidden_size=hidden_size, num_attention_heads=num_attention_heads,
+                       vocab_size=vocab_size, stage=stage, geometry=g,
+                       max_sequence_length=max(1024, g.extra_table_start),
+                       additional_seqlen=max(2000, g.frame_len * (g.num_slots - 1)))

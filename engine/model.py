@@ -1,0 +1,286 @@
+"""The reference CogVideo transformer: plain PyTorch, exact to the released model (SPEC.md §3).
+
+The module tree mirrors SwissArmyTransformer's, so ``state_dict()`` keys are the checkpoint's keys:
+``transformer.*`` is the CogView2 backbone (the spatial channel), ``mixins.attention_plus.*`` the temporal
+channel and ``mixins.extra_position_embedding`` the extra position table.
+
+One code path runs everything: :meth:`CogVideoModel.extend` feeds a set of stream positions into a
+:class:`KVCache` and returns their logits, with the keys each row sees taken from the rule module. A
+teacher-forced full forward is one ``extend`` over every position; generation is one ``extend`` for the
+prefill and one per step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cogvideo_engine.kernels.masks import spatial_mask, temporal_mask
+from cogvideo_engine.kernels.reference import dense_attention
+from cogvideo_engine.kernels.rules import StreamLayout
+
+from .config import NUM_IMAGE_TOKENS, ModelConfig
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """SwissArmyTransformer's GeLU (tanh approximation), written as the original computes it."""
+    return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * x * (1.0 + 0.044715 * x * x)))
+
+
+class _Attention(nn.Module):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.query_key_value = nn.Linear(hidden, 3 * hidden)
+        self.dense = nn.Linear(hidden, hidden)
+
+
+class _MLP(nn.Module):
+    def __init__(self, hidden: int, inner: int):
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(hidden, inner)
+        self.dense_4h_to_h = nn.Linear(inner, hidden)
+
+    def forward(self, x):
+        return self.dense_4h_to_h(gelu_tanh(self.dense_h_to_4h(x)))
+
+
+class _Layer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h, eps = cfg.hidden_size, cfg.layernorm_epsilon
+        self.input_layernorm = nn.LayerNorm(h, eps=eps)
+        self.attention = _Attention(h)
+        self.third_layernorm = nn.LayerNorm(h, eps=eps)
+        self.post_attention_layernorm = nn.LayerNorm(h, eps=eps)
+        self.mlp = _MLP(h, cfg.ffn_hidden_size)
+        self.fourth_layernorm = nn.LayerNorm(h, eps=eps)
+
+
+class _Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.position_embeddings = nn.Embedding(cfg.max_sequence_length, cfg.hidden_size)
+        self.layers = nn.ModuleList(_Layer(cfg) for _ in range(cfg.num_layers))
+        self.final_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_epsilon)
+
+
+class _ExtraPositions(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.position_embeddings = nn.Embedding(cfg.additional_seqlen, cfg.hidden_size)
+
+
+class _AttentionPlus(nn.Module):
+    """The temporal channel: per layer a QKV and output projection and the mixing logit."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h, n = cfg.hidden_size, cfg.num_layers
+        self.query_key_value = nn.ModuleList(nn.Linear(h, 3 * h) for _ in range(n))
+        self.dense = nn.ModuleList(nn.Linear(h, h) for _ in range(n))
+        self.attn_distribution = nn.ParameterList(nn.Parameter(torch.zeros(h)) for _ in range(n))
+
+
+class KVCache:
+    """K/V of every fed position of a batch of streams sharing one layout, indexed by stream index.
+
+    Two channels per layer, ``[num_layers, B, H, layout.length, head_dim]`` each: the spatial channel (base
+    QKV) and, for passes that mix it, the temporal channel (attention-plus QKV). Which keys a row actually
+    reads is decided by the rule module, so this simple cache needs no per-frame resets. ``filled[i]`` says
+    whether stream index ``i`` has been fed.
+    """
+
+    def __init__(self, cfg: ModelConfig, layout: StreamLayout, batch_size: int, *, dtype: torch.dtype,
+                 device: torch.device | str):
+        shape = (cfg.num_layers, batch_size, cfg.num_attention_heads, layout.length, cfg.head_dim)
+        channels = 2 if layout.pass_.mixes_temporal else 1
+        self.layout = layout
+        self.batch_size = batch_size
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(channels)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(channels)]
+        self.filled = torch.zeros(layout.length, dtype=torch.bool, device=device)
+        self._masks: dict[tuple[str, int], torch.Tensor] = {}
+
+    @property
+    def num_filled(self) -> int:
+        return int(self.filled.sum())
+
+    def write(self, channel: int, layer_id: int, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        self.k[channel][layer_id][:, :, index] = k
+        self.v[channel][layer_id][:, :, index] = v
+
+    def keys(self, channel: int, layer_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k[channel][layer_id], self.v[channel][layer_id]
+
+    def visibility(self, channel: str, layer_id: int) -> torch.Tensor:
+        """Dense ``[length, length]`` visibility of ``channel`` ('spatial' / 'temporal') for a layer."""
+        parity = layer_id % 2 if channel == "temporal" else 0
+        key = (channel, parity)
+        if key not in self._masks:
+            idx = torch.arange(self.layout.length, device=self.filled.device)
+            build = spatial_mask if channel == "spatial" else \
+                (lambda lay, q, k: temporal_mask(lay, q, k, parity))
+            self._masks[key] = build(self.layout, idx, idx)
+        return self._masks[key]
+
+
+class CogVideoModel(nn.Module):
+    """One CogVideo stage model (the stage-1 or stage-2 checkpoint); see the module docstring."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = _Transformer(config)
+        self.mixins = nn.ModuleDict({"extra_position_embedding": _ExtraPositions(config),
+                                     "attention_plus": _AttentionPlus(config)})
+
+    # -- pieces ---------------------------------------------------------------------------------------
+
+    def position_embeddings(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """Ids below ``geometry.extra_table_start`` (912) read the base table, the rest ``extra[id - 912]``."""
+        start = self.config.geometry.extra_table_start
+        base = self.transformer.position_embeddings.weight
+        extra = self.mixins["extra_position_embedding"].position_embeddings.weight
+        if int(position_ids.max()) - start >= extra.shape[0]:
+            raise ValueError(f"position id {int(position_ids.max())} is beyond the extra table "
+                             f"({extra.shape[0]} rows from {start})")
+        in_base = position_ids < start
+        return torch.where(in_base[..., None], base[position_ids.clamp(max=start - 1)],
+                           extra[(position_ids - start).clamp(min=0)])
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 logits over the image tokens from the tied ``word_embeddings[:20000]``."""
+        weight = self.transformer.word_embeddings.weight[:NUM_IMAGE_TOKENS]
+        return F.linear(hidden.float(), weight.float())
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, H*d] -> [B, H, N, d]
+        b, n, _ = x.shape
+        return x.view(b, n, self.config.num_attention_heads, self.config.head_dim).transpose(1, 2)
+
+    @staticmethod
+    def _merge(x: torch.Tensor) -> torch.Tensor:  # [B, H, N, d] -> [B, N, H*d]
+        b, h, n, d = x.shape
+        return x.transpose(1, 2).reshape(b, n, h * d)
+
+    def _channel(self, cache: KVCache, channel: int, layer_id: int, qkv: torch.Tensor, index: torch.Tensor,
+                 additive: torch.Tensor, attention: AttentionFn) -> torch.Tensor:
+        q, k, v = (self._heads(t) for t in qkv.chunk(3, dim=-1))
+        cache.write(channel, layer_id, index, k, v)
+        k_all, v_all = cache.keys(channel, layer_id)
+        return self._merge(attention(q, k_all, v_all, additive))
+
+    # -- the one forward ------------------------------------------------------------------------------
+
+    def new_cache(self, layout: StreamLayout, batch_size: int) -> KVCache:
+        p = next(self.parameters())
+        if layout.geometry != self.config.geometry:
+            raise ValueError(f"layout geometry {layout.geometry} differs from the model's {self.config.geometry}")
+        return KVCache(self.config, layout, batch_size, dtype=p.dtype, device=p.device)
+
+    @torch.no_grad()
+    def extend(self, cache: KVCache, input_ids: torch.Tensor, index: torch.Tensor | list[int],
+               text_bias: float, *, attention: AttentionFn = dense_attention) -> torch.Tensor:
+        """Feed stream positions ``index [N]`` with inputs ``input_ids [B, N]``; return logits ``[B, N, 20000]``.
+
+        The rows follow the rule of their kind (text / given / target) in ``cache.layout``; each row attends
+        to the cached keys its rule allows plus the rows fed in this call. ``text_bias`` is
+        ``log_text_attention_weights`` (1.4 or 0). Raises ``ValueError`` if a position is fed twice or before
+        a key its rule needs. Logits at position ``i`` predict the token after the input at ``i``.
+        """
+        layout = cache.layout
+        dev = cache.filled.device
+        index = torch.as_tensor(index, dtype=torch.long, device=dev).reshape(-1)
+        if input_ids.shape != (cache.batch_size, index.numel()):
+            raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}; expected "
+                             f"[batch {cache.batch_size}, {index.numel()} positions]")
+        if index.numel() == 0:
+            raise ValueError("extend() needs at least one position")
+        if int(index.min()) < 0 or int(index.max()) >= layout.length:
+            raise ValueError(f"stream index out of range 0..{layout.length - 1}")
+        if cache.filled[index].any() or index.unique().numel() != index.numel():
+            raise ValueError("a stream position was fed twice")
+        filled_after = cache.filled.clone()
+        filled_after[index] = True
+
+        additive = []
+        channels = ["spatial", "temporal"] if layout.pass_.mixes_temporal else ["spatial"]
+        for name in channels:
+            per_layer = []
+            for parity in range(2 if name == "temporal" else 1):
+                mask = cache.visibility(name, parity)
+                visible = mask.visible[index]
+                if (visible & ~filled_after).any():
+                    raise ValueError(f"a fed position attends ({name} channel) to a position not fed yet")
+                rows = type(mask)(visible & filled_after, mask.text_bias[index])
+                per_layer.append(rows.additive(text_bias).to(dev))
+            additive.append(per_layer)
+        cache.filled = filled_after
+
+        ids = input_ids.to(dev)
+        x = self.transformer.word_embeddings(ids) + self.position_embeddings(layout.position_id(index))
+        mixes = layout.mixes_temporal(index)[None, :, None]
+        plus = self.mixins["attention_plus"]
+        for layer_id, layer in enumerate(self.transformer.layers):
+            a = layer.input_layernorm(x)
+            ctx = self._channel(cache, 0, layer_id, layer.attention.query_key_value(a), index,
+                                additive[0][0], attention)
+            out = layer.attention.dense(ctx)
+            if len(channels) == 2 and bool(mixes.any()):
+                ctx_t = self._channel(cache, 1, layer_id, plus.query_key_value[layer_id](a), index,
+                                      additive[1][layer_id % 2], attention)
+                alpha = torch.sigmoid(plus.attn_distribution[layer_id])
+                mixed = out * alpha + plus.dense[layer_id](ctx_t) * (1 - alpha)
+                out = torch.where(mixes, mixed, out)
+            elif len(channels) == 2:  # text rows only: still cache their temporal K/V for later frames
+                q, k, v = (self._heads(t) for t in plus.query_key_value[layer_id](a).chunk(3, dim=-1))
+                cache.write(1, layer_id, index, k, v)
+            x = x + layer.third_layernorm(out)
+            x = x + layer.fourth_layernorm(layer.mlp(layer.post_attention_layernorm(x)))
+        return self.logits(self.transformer.final_layernorm(x))
+
+    def forward_full(self, input_ids: torch.Tensor, layout: StreamLayout, text_bias: float, *,
+                     attention: AttentionFn = dense_attention) -> torch.Tensor:
+        """Teacher-forced forward over a whole stream ``input_ids [B, layout.length]`` -> ``[B, length, 20000]``.
+
+        Given rows follow the prefill rules and target rows the autoregressive rules, so this equals a
+        prefill followed by one cached step per target position.
+        """
+        cache = self.new_cache(layout, input_ids.shape[0])
+        return self.extend(cache, input_ids, torch.arange(layout.length), text_bias, attention=attention)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def init_random_weights(model: CogVideoModel, seed: int, *, peaky: bool = True) -> CogVideoModel:
+    """Fill a model with deterministic random weights (for tests and the embedded default model).
+
+    With ``peaky`` the QKV weights are scaled so attention is sharp and ``attn_distribution`` spans
+    sigmoid ~0.05..0.95: a masking, windowing or mixing error then moves logits by O(1), not 1e-4.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    h = model.config.hidden_size
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layernorm" in name:
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn(p.shape, generator=gen))
+            elif "attn_distribution" in name:
+                p.copy_(torch.empty(p.shape).uniform_(-3.0, 3.0, generator=gen))
+            elif "query_key_value" in name and name.endswith("weight"):
+                scale = 4.0 / math.sqrt(h) if peaky else 0.02
+                p.copy_(scale * torch.randn(p.shape, generator=gen))
+            elif name.endswith("bias"):
+                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+            elif "embeddings" in name:
+                p.copy_(torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p.shape[-1]))
+    return model

@@ -1,0 +1,143 @@
+"""Teacher-forced scoring: the logits CogVideo assigns to a given clip, through the cached step path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from cogvideo_engine.kernels.rules import DEFAULT_BOI_ID, Pass, StreamLayout
+
+from .config import NUM_IMAGE_TOKENS
+from .model import CogVideoModel
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class TeacherForcedOutput:
+    """Logits of one teacher-forced pass. ``T = 400 * n_target``; ``V = 20000`` image tokens.
+
+    prefill_logits: ``[B, ctx, V]`` at every prefill position (``ctx = text_len + 400 * n_given``).
+    logits: ``[B, T, V]``; row ``t`` predicts target token ``t`` (frame ``t // 400``, token ``t % 400``).
+    guider_prefill_logits / guider_logits: the same for the guider stream, when one was given.
+    guided_logits: ``guider + (cond - guider) * guidance_alpha``, what the sampler sees with guidance.
+    targets: ``[B, T]`` the scored target tokens.
+    """
+
+    prefill_logits: torch.Tensor
+    logits: torch.Tensor
+    targets: torch.Tensor
+    guider_prefill_logits: torch.Tensor | None = None
+    guider_logits: torch.Tensor | None = None
+    guided_logits: torch.Tensor | None = None
+    frame_len: int = 400
+
+    def target_log_probs(self, guided: bool = False) -> torch.Tensor:
+        """``[B, T]`` log-probability of each target token (under the guided logits if ``guided``)."""
+        logits = self.guided_logits if guided else self.logits
+        if logits is None:
+            raise ValueError("no guided logits: pass guider_text_ids to teacher_forced_logits")
+        return torch.log_softmax(logits, dim=-1).gather(-1, self.targets[..., None]).squeeze(-1)
+
+    def frame_nll(self, guided: bool = False) -> torch.Tensor:
+        """``[B, n_target]`` mean negative log-likelihood per target frame (nats per token)."""
+        lp = self.target_log_probs(guided)
+        return -lp.reshape(lp.shape[0], -1, self.frame_len).mean(-1)
+
+
+def stream_input_ids(layout: StreamLayout, text_ids: torch.Tensor, given_frames: torch.Tensor,
+                     target_frames: torch.Tensor, boi_id: int) -> torch.Tensor:
+    """``[B, layout.length]`` inputs: the text, then per frame ``[BOI, token 0 .. token frame_len-2]``."""
+    frames = torch.cat([given_frames, target_frames], dim=1)
+    b, n, _ = frames.shape
+    boi = torch.full((b, n, 1), boi_id, dtype=frames.dtype, device=frames.device)
+    blocks = torch.cat([boi, frames[..., :-1]], dim=-1).reshape(b, -1)
+    return torch.cat([text_ids.to(blocks.device), blocks], dim=1)
+
+
+def _check_ids(name: str, ids: torch.Tensor, ndim: int, upper: int, batch: int | None = None):
+    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must be an integer (int64) tensor, got "
+                        f"{ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__}")
+    if ids.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(ids.shape)}")
+    if batch is not None and ids.shape[0] != batch:
+        raise ValueError(f"{name} has batch {ids.shape[0]}, text_ids has {batch}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= upper):
+        raise ValueError(f"{name} holds ids outside 0..{upper - 1}")
+
+
+def _run_stream(model: CogVideoModel, layout: StreamLayout, ids: torch.Tensor, prefill_bias: float,
+                step_bias: float, progress: ProgressFn | None, done: int, total: int):
+    cache = model.new_cache(layout, ids.shape[0])
+    ctx = layout.context_len
+    prefill = model.extend(cache, ids[:, :ctx], torch.arange(ctx), prefill_bias)
+    steps = []
+    for i in range(ctx, layout.length):
+        steps.append(model.extend(cache, ids[:, i:i + 1], [i], step_bias))
+        done += 1
+        if progress is not None:
+            progress(done, total)
+    empty = prefill.new_zeros(ids.shape[0], 0, prefill.shape[-1])
+    return prefill, (torch.cat(steps, dim=1) if steps else empty), done
+
+
+def teacher_forced_logits(model: CogVideoModel, stage: Pass | str, text_ids: torch.Tensor,
+                          given_frames: torch.Tensor | None, target_frames: torch.Tensor, text_bias: float = 1.4,
+                          guider_text_ids: torch.Tensor | None = None, guidance_alpha: float = 3.0, *,
+                          boi_id: int = DEFAULT_BOI_ID, progress: ProgressFn | None = None
+                          ) -> TeacherForcedOutput:
+    """Score a clip the way generation would see it: one prefill, then one cached step per target token.
+
+    stage: ``"stage1-first-frame"`` (no given frame, one target), ``"stage1"`` (1 given, up to 4 targets) or
+        ``"stage2"`` (3 given slots, up to 2 targets); it fixes the attention rules (SPEC.md §3.4).
+    text_ids: ``LongTensor[B, text_len]`` as the pipeline forms them (duration prefix, ``<n>``, prompt, suffix).
+    given_frames: ``LongTensor[B, n_given, 400]`` raw frame tokens in slot order (None or empty for the first
+        frame). target_frames: ``LongTensor[B, n_target, 400]`` in generation (slot) order.
+    text_bias: ``log_text_attention_weights`` (1.4, or 0 in guided stage-1 passes).
+    guider_text_ids: ``LongTensor[B, guider_text_len]`` for classifier-free guidance; the guider stream has
+        its own text length and cache and the same frames. As in the reference, its prefill uses
+        ``text_bias`` and its steps use 0.
+    progress: called as ``progress(steps_done, steps_total)`` after every cached step.
+    """
+    pass_ = Pass.parse(stage)
+    if pass_.model_stage != model.config.stage:
+        raise ValueError(f"pass {pass_.value!r} runs on the stage-{pass_.model_stage} model, but this is the "
+                         f"stage-{model.config.stage} checkpoint")
+    geometry = model.config.geometry
+    vocab = model.config.vocab_size
+    _check_ids("text_ids", text_ids, 2, vocab)
+    batch = text_ids.shape[0]
+    _check_ids("target_frames", target_frames, 3, NUM_IMAGE_TOKENS, batch)
+    if given_frames is None:
+        given_frames = target_frames.new_zeros(batch, 0, geometry.frame_len)
+    _check_ids("given_frames", given_frames, 3, NUM_IMAGE_TOKENS, batch)
+    for name, frames in (("given_frames", given_frames), ("target_frames", target_frames)):
+        if frames.shape[-1] != geometry.frame_len:
+            raise ValueError(f"{name} frames must have {geometry.frame_len} tokens, got {frames.shape[-1]}")
+    if given_frames.shape[1] != pass_.num_given:
+        raise ValueError(f"pass {pass_.value!r} takes {pass_.num_given} given frames, got {given_frames.shape[1]}")
+    if not 1 <= target_frames.shape[1] <= pass_.max_targets:
+        raise ValueError(f"pass {pass_.value!r} scores 1..{pass_.max_targets} target frames, "
+                         f"got {target_frames.shape[1]}")
+    if not 0 <= boi_id < vocab:
+        raise ValueError(f"boi_id {boi_id} is outside the vocabulary (0..{vocab - 1})")
+
+    device = model.transformer.word_embeddings.weight.device
+    n_target = target_frames.shape[1]
+    layout = StreamLayout(pass_, text_ids.shape[1], n_target, geometry)
+    ids = stream_input_ids(layout, text_ids, given_frames, target_frames, boi_id).to(device)
+    total = (layout.length - layout.context_len) * (1 if guider_text_ids is None else 2)
+    prefill, logits, done = _run_stream(model, layout, ids, text_bias, text_bias, progress, 0, total)
+    out = TeacherForcedOutput(prefill, logits, target_frames.reshape(batch, -1).to(device),
+                              frame_len=geometry.frame_len)
+    if guider_text_ids is not None:
+        _check_ids("guider_text_ids", guider_text_ids, 2, vocab, batch)
+        g_layout = StreamLayout(pass_, guider_text_ids.shape[1], n_target, geometry)
+        g_ids = stream_input_ids(g_layout, guider_text_ids, given_frames, target_frames, boi_id).to(device)
+        out.guider_prefill_logits, out.guider_logits, _ = _run_stream(model, g_layout, g_ids, text_bias, 0.0,
+                                                                      progress, done, total)
+        out.guided_logits = out.guider_logits + (out.logits - out.guider_logits) * guidance_alpha
+    return out

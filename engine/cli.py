@@ -13,13 +13,18 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _progress_printer(every: int):
+    """Progress on stderr: one rewritten line on a terminal, a line per report otherwise."""
     start = time.perf_counter()
+    tty = sys.stderr.isatty()
 
     def report(done: int, total: int):
         if done % every == 0 or done == total:
             rate = done / max(time.perf_counter() - start, 1e-9)
-            print(f"\r  step {done}/{total}  ({rate:.0f} steps/s)", end="\n" if done == total else "",
-                  file=sys.stderr, flush=True)
+            line = f"  step {done}/{total}  ({rate:.0f} steps/s)"
+            if tty:
+                print("\r" + line, end="\n" if done == total else "", file=sys.stderr, flush=True)
+            else:
+                print(line, file=sys.stderr, flush=True)
     return report
 
 

@@ -145,15 +145,15 @@ class CogVideoModel(nn.Module):
 
     def position_embeddings(self, position_ids: torch.Tensor) -> torch.Tensor:
         """Ids below ``geometry.extra_table_start`` (912) read the base table, the rest ``extra[id - 912]``."""
-        start = self.config.geometry.extra_table_start
+        g = self.config.geometry
         base = self.transformer.position_embeddings.weight
         extra = self.mixins["extra_position_embedding"].position_embeddings.weight
-        if int(position_ids.max()) - start >= extra.shape[0]:
+        in_extra, row = g.uses_extra_table(position_ids), g.table_row(position_ids)
+        if bool((in_extra & (row >= extra.shape[0])).any()):
             raise ValueError(f"position id {int(position_ids.max())} is beyond the extra table "
-                             f"({extra.shape[0]} rows from {start})")
-        in_base = position_ids < start
-        return torch.where(in_base[..., None], base[position_ids.clamp(max=start - 1)],
-                           extra[(position_ids - start).clamp(min=0)])
+                             f"({extra.shape[0]} rows from {g.extra_table_start})")
+        return torch.where(in_extra[..., None], extra[row.clamp(max=extra.shape[0] - 1)],
+                           base[row.clamp(max=base.shape[0] - 1)])
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 logits over the image tokens from the tied ``word_embeddings[:20000]``."""

@@ -126,6 +126,14 @@ class FrameGeometry:
         """Position ids at or above this use the extra table (row = id - start); 912 for the released models."""
         return self.frame_position_base + self.frame_len
 
+    def uses_extra_table(self, position_id):
+        """Whether a position id reads the extra table (mixin) rather than the base table."""
+        return position_id >= self.extra_table_start
+
+    def table_row(self, position_id):
+        """Row of its table: the id itself in the base table, ``id - extra_table_start`` in the extra table."""
+        return position_id - self.uses_extra_table(position_id) * self.extra_table_start
+
 
 @dataclass(frozen=True)
 class StreamLayout:

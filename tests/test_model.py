@@ -166,3 +166,27 @@ def test_config_round_trips():
     assert ModelConfig.from_sat_json(stage1_config().to_sat_json()) == stage1_config()
     with pytest.raises(ValueError, match="sandwich"):
         ModelConfig.from_sat_json({"layernorm_order": "pre"})
+
+
+@pytest.mark.parametrize("pass_", [Pass.STAGE1, Pass.STAGE2])
+def test_text_bias_reaches_the_temporal_channel_of_target_rows_only(pass_):
+    """The prefill quirk: given rows' temporal channel carries no text bias; target rows' does."""
+    model = init_random_weights(CogVideoModel(small_model(pass_.model_stage).config), seed=1, peaky=False)
+    with torch.no_grad():  # alpha = sigmoid(-40) ~ 0: frame rows see only the temporal channel
+        for p in model.mixins["attention_plus"].attn_distribution:
+            p.fill_(-40.0)
+    layout, ids = random_stream(pass_, text_len=5, num_targets=1)
+    delta = (model.forward_full(ids, layout, 1.4) - model.forward_full(ids, layout, 0.0)).abs().amax(-1)[0]
+    ctx = layout.context_len
+    assert delta[:ctx].max() < 1e-4  # text rows (bias cancels) and given rows (no temporal bias)
+    assert delta[ctx:].min() > 1e-3
+
+
+def test_bf16_model_runs_close_to_fp32():
+    model = small_model(2)
+    layout, ids = random_stream(Pass.STAGE2, text_len=5, batch=1)
+    ref = model.forward_full(ids, layout, 1.4)
+    low = small_model(2, dtype=torch.bfloat16).forward_full(ids, layout, 1.4)
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()
+    agree = (low.argmax(-1) == ref.argmax(-1)).float().mean()
+    assert agree > 0.8, agree

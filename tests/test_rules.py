@@ -192,6 +192,8 @@ def test_stage1_positions_and_boi_shift():
     layout = StreamLayout(Pass.STAGE1, text_len=20, num_targets=4)
     assert layout.position_id(20) == 512 and layout.position_id(420) == 912 and layout.position_id(2019) == 2511
     assert REAL.extra_table_start == 912
+    assert [REAL.uses_extra_table(i) for i in (0, 911, 912, 2511)] == [False, False, True, True]
+    assert [REAL.table_row(i) for i in (0, 911, 912, 2511)] == [0, 911, 0, 1599]
     assert [bool(layout.feeds_boi(i)) for i in (19, 20, 21, 419, 420, 820)] == [False, True, False, False,
                                                                                 True, True]
 

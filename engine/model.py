@@ -21,7 +21,7 @@ from torch import nn
 
 from cogvideo_engine.kernels.masks import spatial_mask, temporal_mask
 from cogvideo_engine.kernels.reference import dense_attention
-from cogvideo_engine.kernels.rules import StreamLayout
+from cogvideo_engine.kernels.rules import Pass, StreamLayout
 
 from .config import NUM_IMAGE_TOKENS, ModelConfig
 
@@ -121,7 +121,8 @@ class KVCache:
 
     def visibility(self, channel: str, layer_id: int) -> torch.Tensor:
         """Dense ``[length, length]`` visibility of ``channel`` ('spatial' / 'temporal') for a layer."""
-        parity = layer_id % 2 if channel == "temporal" else 0
+        windowed = channel == "temporal" and self.layout.pass_ is Pass.STAGE2  # only stage 2 shifts by layer
+        parity = layer_id % 2 if windowed else 0
         key = (channel, parity)
         if key not in self._masks:
             idx = torch.arange(self.layout.length, device=self.filled.device)
@@ -209,18 +210,20 @@ class CogVideoModel(nn.Module):
         filled_after = cache.filled.clone()
         filled_after[index] = True
 
+        # additive[channel][variant]: the temporal channel of stage 2 has one variant per layer parity
         additive = []
         channels = ["spatial", "temporal"] if layout.pass_.mixes_temporal else ["spatial"]
         for name in channels:
-            per_layer = []
-            for parity in range(2 if name == "temporal" else 1):
-                mask = cache.visibility(name, parity)
+            variants = 2 if name == "temporal" and layout.pass_ is Pass.STAGE2 else 1
+            per_variant = []
+            for layer_id in range(variants):
+                mask = cache.visibility(name, layer_id)
                 visible = mask.visible[index]
                 if (visible & ~filled_after).any():
                     raise ValueError(f"a fed position attends ({name} channel) to a position not fed yet")
                 rows = type(mask)(visible & filled_after, mask.text_bias[index])
-                per_layer.append(rows.additive(text_bias).to(dev))
-            additive.append(per_layer)
+                per_variant.append(rows.additive(text_bias).to(dev))
+            additive.append(per_variant)
         cache.filled = filled_after
 
         ids = input_ids.to(dev)
@@ -234,7 +237,7 @@ class CogVideoModel(nn.Module):
             out = layer.attention.dense(ctx)
             if len(channels) == 2 and bool(mixes.any()):
                 ctx_t = self._channel(cache, 1, layer_id, plus.query_key_value[layer_id](a), index,
-                                      additive[1][layer_id % 2], attention)
+                                      additive[1][layer_id % len(additive[1])], attention)
                 alpha = torch.sigmoid(plus.attn_distribution[layer_id])
                 mixed = out * alpha + plus.dense[layer_id](ctx_t) * (1 - alpha)
                 out = torch.where(mixes, mixed, out)

@@ -1,10 +1,16 @@
-"""The ``reference`` attention backend: dense scores, a dense additive mask, one softmax, in fp32."""
+"""The ``reference`` attention backend: dense masks from the rule module, one softmax, in fp32.
+
+Every other backend is tested against :func:`window_attention` here.
+"""
 
 from __future__ import annotations
 
 import math
 
 import torch
+
+from .layout import AttentionRule, stream_index_of_row
+from .rules import TARGET, StreamLayout
 
 
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive: torch.Tensor) -> torch.Tensor:
@@ -19,3 +25,38 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive:
     scores = torch.matmul(q.float() / math.sqrt(d), k.float().transpose(-1, -2)) + additive
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
     return torch.matmul(probs, v.float()).to(q.dtype)
+
+
+def rule_additive(rule: AttentionRule, q_index: torch.Tensor, text_len: int, text_bias: float,
+                  cache_len: int) -> torch.Tensor:
+    """``[Q, cache_len]`` additive mask of one sequence: ``-inf`` on hidden rows, the bias on biased text keys."""
+    layout = StreamLayout(rule.pass_, text_len, rule.pass_.max_targets, rule.geometry)
+    rows = torch.arange(cache_len, device=q_index.device)
+    key, key_valid = stream_index_of_row(rows, text_len, rule.text_capacity)
+    q = q_index.clamp(min=0)[:, None]
+    k = key[None, :]
+    if rule.temporal:
+        visible = layout.temporal_visible(q, k, rule.layer_parity)
+        bias_rows = layout.kind(q) == TARGET
+    else:
+        visible = layout.spatial_visible(q, k)
+        bias_rows = q >= 0
+    visible = visible & key_valid[None, :] & (q_index >= 0)[:, None]
+    biased = visible & ~layout.is_frame(k) & bias_rows
+    out = torch.zeros(visible.shape, dtype=torch.float32, device=q_index.device)
+    return out.masked_fill(biased, text_bias).masked_fill(~visible, float("-inf"))
+
+
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_index: torch.Tensor,
+                     text_len: torch.Tensor, text_bias: torch.Tensor, rule: AttentionRule) -> torch.Tensor:
+    """Attention of queries at stream positions over the keys their rule allows, read from the cache.
+
+    q: ``[B, H, Q, d]``; k, v: ``[B, H, S, d]`` in the cache layout of :mod:`.layout`; q_index: ``[B, Q]`` int
+    stream index of each query (``-1``: padding, output zeros); text_len: ``[B]`` int; text_bias: ``[B]``
+    float (``log_text_attention_weights`` per sequence). Returns ``[B, H, Q, d]`` in ``q.dtype``.
+    """
+    outs = []
+    for b in range(q.shape[0]):
+        additive = rule_additive(rule, q_index[b].long(), int(text_len[b]), float(text_bias[b]), k.shape[2])
+        outs.append(dense_attention(q[b:b + 1], k[b:b + 1], v[b:b + 1], additive))
+    return torch.cat(outs, dim=0)

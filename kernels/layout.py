@@ -1,0 +1,96 @@
+"""What one attention launch needs to know: the cache layout and the rule of the launch, as plain values.
+
+Cache layout (every backend reads K/V in this order)
+----------------------------------------------------
+Per layer and channel, K and V are ``[B, H, S, d]`` (any strides), with
+``S = text_capacity + frame_len * num_slots``::
+
+    cache row  0 .. text_capacity-1                 text keys; row j holds text token j (rows >= text_len unused)
+    cache row  text_capacity + frame_len * s + p    slot s, block position p (raster order, p = x * grid + y)
+
+The text region has a fixed size and every slot a fixed offset, so sequences with different text lengths
+(guided cond and uncond streams, different prompts) share one batch with their frames aligned. A stream
+index ``i`` maps to row ``i`` if it is text, else ``text_capacity + (i - text_len)``. With
+``text_capacity == text_len`` the two numberings coincide (the reference model's cache).
+
+Rule of a launch
+----------------
+:class:`AttentionRule` names the pass, the channel and the layer parity; with the per-sequence text length and
+text bias and the per-query stream index, that fixes every visible key through :mod:`.rules`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .rules import FrameGeometry, Pass
+
+SPATIAL, TEMPORAL = "spatial", "temporal"
+
+
+@dataclass(frozen=True)
+class AttentionRule:
+    """The static part of one attention launch.
+
+    ``layer_parity`` matters only for the temporal channel of stage 2 (shift on odd layers).
+    ``text_capacity``: rows reserved for text at the head of the cache.
+    """
+
+    pass_: Pass
+    channel: str
+    layer_parity: int
+    geometry: FrameGeometry
+    text_capacity: int
+
+    def __post_init__(self):
+        object.__setattr__(self, "pass_", Pass.parse(self.pass_))
+        if self.channel not in (SPATIAL, TEMPORAL):
+            raise ValueError(f"channel must be {SPATIAL!r} or {TEMPORAL!r}, got {self.channel!r}")
+        if self.layer_parity not in (0, 1):
+            raise ValueError(f"layer_parity must be 0 or 1, got {self.layer_parity!r}")
+        if self.text_capacity < 1:
+            raise ValueError(f"text_capacity must be >= 1, got {self.text_capacity}")
+
+    @classmethod
+    def for_layer(cls, pass_: Pass | str, channel: str, layer_id: int, geometry: FrameGeometry,
+                  text_capacity: int) -> "AttentionRule":
+        return cls(Pass.parse(pass_), channel, layer_id % 2, geometry, text_capacity)
+
+    @property
+    def temporal(self) -> bool:
+        return self.channel == TEMPORAL
+
+    @property
+    def windowed(self) -> bool:
+        """Stage-2 temporal channel: 3-D Swin windows (else stage-1 full causal)."""
+        return self.temporal and self.pass_ is Pass.STAGE2
+
+    @property
+    def bidirectional_given(self) -> bool:
+        """Stage-2 given rows see their whole own frame in the spatial channel."""
+        return self.pass_ is Pass.STAGE2
+
+    @property
+    def shift(self) -> int:
+        return self.geometry.shift if self.windowed and self.layer_parity == 1 else 0
+
+    @property
+    def num_slots(self) -> int:
+        return self.pass_.num_given + self.pass_.max_targets
+
+    @property
+    def cache_len(self) -> int:
+        return self.text_capacity + self.geometry.frame_len * self.num_slots
+
+
+def cache_row(stream_index, text_len, text_capacity):
+    """Cache row of a stream index (ints or tensors)."""
+    frame = stream_index >= text_len
+    return stream_index + frame * (text_capacity - text_len)
+
+
+def stream_index_of_row(row, text_len, text_capacity):
+    """Inverse of :func:`cache_row` plus validity: rows ``text_len..text_capacity-1`` hold nothing."""
+    frame = row >= text_capacity
+    valid = frame | (row < text_len)
+    return row + frame * (text_len - text_capacity), valid

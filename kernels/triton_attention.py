@@ -1,0 +1,221 @@
+"""Fused window attention in Triton: one online softmax over [text | rule-visible frame keys], no mask tensors.
+
+One program handles ``BLOCK_M`` queries of one (sequence, head). It walks the text rows of the cache, then
+every slot's key tiles, and evaluates the rule of :mod:`.rules` in registers from the query's stream index
+(slot, block position, window coordinates), the sequence's text length and the launch's rule (pass,
+channel, layer parity). Tiles no query of the block can see are skipped before K/V are loaded. Scores are
+accumulated in fp32; a row that sees nothing writes zeros.
+
+The same code serves prefill (many queries per sequence) and decode (one or a few queries per sequence, in
+any slots: the wavefront); K/V are read in place from the cache layout of :mod:`.layout`.
+
+Triton semantics used here are common to Triton 3.6 and later. Under ``TRITON_INTERPRET=1`` the kernel runs
+on CPU tensors (slowly), which is how the test suite checks it without a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the registry reports the backend as unavailable
+    triton = None
+    tl = None
+
+from .layout import AttentionRule
+
+_KIND_GIVEN, _KIND_TARGET = 1, 2
+
+
+def triton_status() -> tuple[bool, str]:
+    """Whether the Triton backend can run on CUDA here, and why not."""
+    if triton is None:
+        return False, "triton is not installed"
+    return True, f"triton {triton.__version__}"
+
+
+if triton is not None:
+
+    @triton.jit
+    def _visible_frame_keys(q_kind, q_slot, q_p, k_slot, k_p, num_given,
+                            TEMPORAL: tl.constexpr, WINDOWED: tl.constexpr, BIDIR_GIVEN: tl.constexpr,
+                            GRID: tl.constexpr, WINDOW: tl.constexpr, SHIFT: tl.constexpr):
+        """[M, N] visibility of frame keys (k_slot, k_p) for frame queries; rules.StreamLayout in registers."""
+        q_frame = q_kind > 0
+        same_slot = k_slot == q_slot
+        if not TEMPORAL:  # spatial: own frame, causal (bidirectional for stage-2 given rows)
+            causal = k_p <= q_p
+            if BIDIR_GIVEN:
+                causal = causal | (q_kind == _KIND_GIVEN)
+            return q_frame & same_slot & causal
+        elif not WINDOWED:  # stage 1: every frame position at or before the query in stream order
+            return q_frame & ((k_slot < q_slot) | (same_slot & (k_p <= q_p)))
+        else:
+            qx = q_p // GRID
+            qy = q_p % GRID
+            kx = k_p // GRID
+            ky = k_p % GRID
+            # given rows: cyclic windows (roll by SHIFT, partition), over the given slots, bidirectional
+            cyclic = ((((qx - SHIFT + GRID) % GRID) // WINDOW) == (((kx - SHIFT + GRID) % GRID) // WINDOW)) & \
+                     ((((qy - SHIFT + GRID) % GRID) // WINDOW) == (((ky - SHIFT + GRID) % GRID) // WINDOW))
+            given = (q_kind == _KIND_GIVEN) & (k_slot < num_given) & cyclic
+            # target rows: clamped windows over every earlier slot, causal in the own slot, plus self
+            clamped = (((qx + SHIFT) // WINDOW) == ((kx + SHIFT) // WINDOW)) & \
+                      (((qy + SHIFT) // WINDOW) == ((ky + SHIFT) // WINDOW))
+            earlier = (k_slot < q_slot) | (same_slot & (k_p < q_p))
+            target = (q_kind == _KIND_TARGET) & ((clamped & earlier) | (same_slot & (k_p == q_p)))
+            return given | target
+
+    @triton.jit
+    def _online_softmax_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, kv_mask, visible, bias, sm_scale,
+                             IEEE: tl.constexpr):
+        k = tl.load(k_ptrs, mask=kv_mask[None, :], other=0.0)  # [D, N]
+        if IEEE:
+            s = tl.dot(q, k, input_precision="ieee")
+        else:
+            s = tl.dot(q, k)
+        s = s * sm_scale + bias
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp(s - m_safe[:, None])
+        alpha = tl.exp(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_ptrs, mask=kv_mask[:, None], other=0.0)  # [N, D]
+        if IEEE:
+            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            pv = tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + pv
+        return acc, m_new, l_i
+
+    @triton.jit
+    def _window_attention_kernel(
+            Q, K, V, O, QIDX, TEXT_LEN, TEXT_BIAS,
+            stride_qb, stride_qh, stride_qm, stride_qd,
+            stride_kb, stride_kh, stride_kn, stride_kd,
+            stride_vb, stride_vh, stride_vn, stride_vd,
+            stride_ob, stride_oh, stride_om, stride_od,
+            stride_ib, stride_im,
+            num_heads, num_queries, text_capacity, num_given, sm_scale,
+            TEMPORAL: tl.constexpr, WINDOWED: tl.constexpr, BIDIR_GIVEN: tl.constexpr,
+            GRID: tl.constexpr, WINDOW: tl.constexpr, SHIFT: tl.constexpr, NUM_SLOTS: tl.constexpr,
+            HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+        FRAME_LEN: tl.constexpr = GRID * GRID
+        pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = pid_bh // num_heads
+        h = pid_bh % num_heads
+
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        in_range = offs_m < num_queries
+        q_idx = tl.load(QIDX + b * stride_ib + offs_m * stride_im, mask=in_range, other=-1)
+        text_len = tl.load(TEXT_LEN + b)
+        text_bias = tl.load(TEXT_BIAS + b)
+
+        # decode each query's stream index (rules.StreamLayout.kind / slot / block_pos)
+        valid = q_idx >= 0
+        q_frame = q_idx >= text_len
+        rel = tl.where(q_frame, q_idx - text_len, 0)
+        q_slot = rel // FRAME_LEN
+        q_p = rel % FRAME_LEN
+        q_kind = tl.where(q_frame, tl.where(q_slot < num_given, _KIND_GIVEN, _KIND_TARGET), 0)
+        q_kind = tl.where(valid, q_kind, -1)
+
+        q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+        q = tl.load(q_ptrs, mask=in_range[:, None], other=0.0)
+
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        k_base = K + b * stride_kb + h * stride_kh
+        v_base = V + b * stride_vb + h * stride_vh
+
+        # text keys: every valid row sees them in the spatial channel, frame rows in the temporal channel;
+        # the bias goes on every row (spatial) or on target rows only (temporal)
+        if TEMPORAL:
+            sees_text = q_kind > 0
+            row_bias = tl.where(q_kind == _KIND_TARGET, text_bias, 0.0)
+        else:
+            sees_text = valid
+            row_bias = tl.where(valid, text_bias, 0.0)
+        for start in range(0, text_capacity, BLOCK_N):
+            offs_n = start + tl.arange(0, BLOCK_N)
+            key_ok = offs_n < text_len
+            visible = sees_text[:, None] & key_ok[None, :]
+            k_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
+            v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+            acc, m_i, l_i = _online_softmax_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, key_ok, visible,
+                                                 row_bias[:, None], sm_scale, IEEE)
+
+        # frame keys, slot by slot; a tile is loaded only if some query of the block sees it
+        for slot in tl.static_range(NUM_SLOTS):
+            for start in range(0, FRAME_LEN, BLOCK_N):
+                k_p = start + tl.arange(0, BLOCK_N)
+                key_ok = k_p < FRAME_LEN
+                visible = _visible_frame_keys(q_kind[:, None], q_slot[:, None], q_p[:, None], slot, k_p[None, :],
+                                              num_given, TEMPORAL, WINDOWED, BIDIR_GIVEN, GRID, WINDOW, SHIFT)
+                visible = visible & key_ok[None, :]
+                if tl.max(visible.to(tl.int32)) > 0:
+                    rows = text_capacity + slot * FRAME_LEN + k_p
+                    k_ptrs = k_base + rows[None, :] * stride_kn + offs_d[:, None] * stride_kd
+                    v_ptrs = v_base + rows[:, None] * stride_vn + offs_d[None, :] * stride_vd
+                    acc, m_i, l_i = _online_softmax_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, key_ok, visible,
+                                                         0.0, sm_scale, IEEE)
+
+        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+        out = acc / l_safe[:, None]
+        o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=in_range[:, None])
+
+
+def _check_inputs(q, k, v, q_index, text_len, text_bias, rule: AttentionRule):
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError("q, k and v must be [B, H, N, d] tensors")
+    b, h, _, d = q.shape
+    if k.shape != v.shape or k.shape[:2] != (b, h) or k.shape[3] != d:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must be [B={b}, H={h}, S, d={d}]")
+    if k.shape[2] < rule.cache_len:
+        raise ValueError(f"the cache holds {k.shape[2]} rows; pass {rule.pass_.value!r} with text capacity "
+                         f"{rule.text_capacity} needs {rule.cache_len}")
+    if d not in (16, 32, 64, 128):
+        raise ValueError(f"head dim {d} is not supported (16, 32, 64 or 128)")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k, v must share one of fp16/bf16/fp32, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q_index.shape != (b, q.shape[2]):
+        raise ValueError(f"q_index must be [B={b}, Q={q.shape[2]}], got {tuple(q_index.shape)}")
+    if text_len.shape != (b,) or text_bias.shape != (b,):
+        raise ValueError("text_len and text_bias must be [B] tensors")
+    if int(text_len.max()) > rule.text_capacity or int(text_len.min()) < 1:
+        raise ValueError(f"text lengths must lie in 1..text_capacity ({rule.text_capacity})")
+
+
+def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_index: torch.Tensor,
+                            text_len: torch.Tensor, text_bias: torch.Tensor, rule: AttentionRule, *,
+                            block_m: int = 16, block_n: int = 32) -> torch.Tensor:
+    """Same contract as :func:`cogvideo_engine.kernels.reference.window_attention`, fused in one kernel."""
+    if triton is None:
+        raise RuntimeError("the triton backend needs the triton package")
+    _check_inputs(q, k, v, q_index, text_len, text_bias, rule)
+    b, h, n_q, d = q.shape
+    out = torch.empty_like(q)
+    if n_q == 0:
+        return out
+    q_index = q_index.to(torch.int32)
+    text_len = text_len.to(device=q.device, dtype=torch.int32)
+    text_bias = text_bias.to(device=q.device, dtype=torch.float32)
+    grid = (triton.cdiv(n_q, block_m), b * h)
+    g = rule.geometry
+    _window_attention_kernel[grid](
+        q, k, v, out, q_index, text_len, text_bias,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *q_index.stride(),
+        h, n_q, rule.text_capacity, rule.pass_.num_given, 1.0 / math.sqrt(d),
+        TEMPORAL=rule.temporal, WINDOWED=rule.windowed, BIDIR_GIVEN=rule.bidirectional_given,
+        GRID=g.grid, WINDOW=g.window, SHIFT=rule.shift, NUM_SLOTS=rule.num_slots,
+        HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, IEEE=q.dtype == torch.float32)
+    return out

@@ -13,20 +13,16 @@ prefill and one per step.
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cogvideo_engine.kernels.layout import AttentionRule
 from cogvideo_engine.kernels.masks import spatial_mask, temporal_mask
-from cogvideo_engine.kernels.reference import dense_attention
-from cogvideo_engine.kernels.rules import Pass, StreamLayout
+from cogvideo_engine.kernels.registry import WindowAttentionFn, get_backend
+from cogvideo_engine.kernels.rules import StreamLayout
 
 from .config import NUM_IMAGE_TOKENS, ModelConfig
-
-AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """SwissArmyTransformer's GeLU (tanh approximation), written as the original computes it."""
@@ -89,20 +85,22 @@ class _AttentionPlus(nn.Module):
 
 
 class KVCache:
-    """K/V of every fed position of a batch of streams sharing one layout, indexed by stream index.
+    """K/V of every fed position of a batch of streams sharing one layout.
 
-    Two channels per layer, ``[num_layers, B, H, layout.length, head_dim]`` each: the spatial channel (base
-    QKV) and, for passes that mix it, the temporal channel (attention-plus QKV). Which keys a row actually
-    reads is decided by the rule module, so this simple cache needs no per-frame resets. ``filled[i]`` says
-    whether stream index ``i`` has been fed.
+    Two channels per layer, ``[num_layers, B, H, rows, head_dim]`` each: the spatial channel (base QKV) and,
+    for passes that mix it, the temporal channel (attention-plus QKV). Rows follow the kernels' cache layout
+    (:mod:`cogvideo_engine.kernels.layout`) with ``text_capacity = text_len``, so row == stream index.
+    Which keys a row reads is decided by the rule module, so this simple cache needs no per-frame resets.
+    ``filled[i]`` says whether stream index ``i`` has been fed.
     """
 
     def __init__(self, cfg: ModelConfig, layout: StreamLayout, batch_size: int, *, dtype: torch.dtype,
                  device: torch.device | str):
-        shape = (cfg.num_layers, batch_size, cfg.num_attention_heads, layout.length, cfg.head_dim)
-        channels = 2 if layout.pass_.mixes_temporal else 1
         self.layout = layout
         self.batch_size = batch_size
+        rows = self.rule("spatial", 0).cache_len
+        shape = (cfg.num_layers, batch_size, cfg.num_attention_heads, rows, cfg.head_dim)
+        channels = 2 if layout.pass_.mixes_temporal else 1
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(channels)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(channels)]
         self.filled = torch.zeros(layout.length, dtype=torch.bool, device=device)
@@ -111,6 +109,10 @@ class KVCache:
     @property
     def num_filled(self) -> int:
         return int(self.filled.sum())
+
+    def rule(self, channel: str, layer_id: int) -> AttentionRule:
+        return AttentionRule.for_layer(self.layout.pass_, channel, layer_id, self.layout.geometry,
+                                       text_capacity=self.layout.text_len)
 
     def write(self, channel: int, layer_id: int, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         self.k[channel][layer_id][:, :, index] = k
@@ -121,8 +123,7 @@ class KVCache:
 
     def visibility(self, channel: str, layer_id: int) -> torch.Tensor:
         """Dense ``[length, length]`` visibility of ``channel`` ('spatial' / 'temporal') for a layer."""
-        windowed = channel == "temporal" and self.layout.pass_ is Pass.STAGE2  # only stage 2 shifts by layer
-        parity = layer_id % 2 if windowed else 0
+        parity = 1 if self.rule(channel, layer_id).shift else 0  # only stage 2's temporal channel varies
         key = (channel, parity)
         if key not in self._masks:
             idx = torch.arange(self.layout.length, device=self.filled.device)
@@ -170,12 +171,13 @@ class CogVideoModel(nn.Module):
         b, h, n, d = x.shape
         return x.transpose(1, 2).reshape(b, n, h * d)
 
-    def _channel(self, cache: KVCache, channel: int, layer_id: int, qkv: torch.Tensor, index: torch.Tensor,
-                 additive: torch.Tensor, attention: AttentionFn) -> torch.Tensor:
+    def _channel(self, cache: KVCache, name: str, layer_id: int, qkv: torch.Tensor, index: torch.Tensor,
+                 call: tuple, attend: WindowAttentionFn) -> torch.Tensor:
         q, k, v = (self._heads(t) for t in qkv.chunk(3, dim=-1))
+        channel = 0 if name == "spatial" else 1
         cache.write(channel, layer_id, index, k, v)
         k_all, v_all = cache.keys(channel, layer_id)
-        return self._merge(attention(q, k_all, v_all, additive))
+        return self._merge(attend(q, k_all, v_all, *call, cache.rule(name, layer_id)))
 
     # -- the one forward ------------------------------------------------------------------------------
 
@@ -187,16 +189,19 @@ class CogVideoModel(nn.Module):
 
     @torch.no_grad()
     def extend(self, cache: KVCache, input_ids: torch.Tensor, index: torch.Tensor | list[int],
-               text_bias: float, *, attention: AttentionFn = dense_attention) -> torch.Tensor:
+               text_bias: float, *, backend: str | None = "reference") -> torch.Tensor:
         """Feed stream positions ``index [N]`` with inputs ``input_ids [B, N]``; return logits ``[B, N, 20000]``.
 
         The rows follow the rule of their kind (text / given / target) in ``cache.layout``; each row attends
         to the cached keys its rule allows plus the rows fed in this call. ``text_bias`` is
-        ``log_text_attention_weights`` (1.4 or 0). Raises ``ValueError`` if a position is fed twice or before
-        a key its rule needs. Logits at position ``i`` predict the token after the input at ``i``.
+        ``log_text_attention_weights`` (1.4 or 0). ``backend`` names the attention backend
+        (:mod:`cogvideo_engine.kernels.registry`; None picks the best available). Raises ``ValueError`` if a
+        position is fed twice or before a key its rule needs. Logits at position ``i`` predict the token
+        after the input at ``i``.
         """
         layout = cache.layout
         dev = cache.filled.device
+        attend = get_backend(backend, dev)
         index = torch.as_tensor(index, dtype=torch.long, device=dev).reshape(-1)
         if input_ids.shape != (cache.batch_size, index.numel()):
             raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}; expected "
@@ -209,54 +214,43 @@ class CogVideoModel(nn.Module):
             raise ValueError("a stream position was fed twice")
         filled_after = cache.filled.clone()
         filled_after[index] = True
-
-        # additive[channel][variant]: the temporal channel of stage 2 has one variant per layer parity
-        additive = []
         channels = ["spatial", "temporal"] if layout.pass_.mixes_temporal else ["spatial"]
         for name in channels:
-            variants = 2 if name == "temporal" and layout.pass_ is Pass.STAGE2 else 1
-            per_variant = []
-            for layer_id in range(variants):
-                mask = cache.visibility(name, layer_id)
-                visible = mask.visible[index]
-                if (visible & ~filled_after).any():
+            for layer_id in range(min(2, self.config.num_layers)):
+                if (cache.visibility(name, layer_id).visible[index] & ~filled_after).any():
                     raise ValueError(f"a fed position attends ({name} channel) to a position not fed yet")
-                rows = type(mask)(visible & filled_after, mask.text_bias[index])
-                per_variant.append(rows.additive(text_bias).to(dev))
-            additive.append(per_variant)
         cache.filled = filled_after
 
+        b = cache.batch_size
+        call = (index.expand(b, -1), torch.full((b,), layout.text_len, device=dev),
+                torch.full((b,), float(text_bias), device=dev))
         ids = input_ids.to(dev)
         x = self.transformer.word_embeddings(ids) + self.position_embeddings(layout.position_id(index))
         mixes = layout.mixes_temporal(index)[None, :, None]
         plus = self.mixins["attention_plus"]
         for layer_id, layer in enumerate(self.transformer.layers):
             a = layer.input_layernorm(x)
-            ctx = self._channel(cache, 0, layer_id, layer.attention.query_key_value(a), index,
-                                additive[0][0], attention)
+            ctx = self._channel(cache, "spatial", layer_id, layer.attention.query_key_value(a), index, call, attend)
             out = layer.attention.dense(ctx)
-            if len(channels) == 2 and bool(mixes.any()):
-                ctx_t = self._channel(cache, 1, layer_id, plus.query_key_value[layer_id](a), index,
-                                      additive[1][layer_id % len(additive[1])], attention)
+            if len(channels) == 2:
+                ctx_t = self._channel(cache, "temporal", layer_id, plus.query_key_value[layer_id](a), index, call,
+                                      attend)
                 alpha = torch.sigmoid(plus.attn_distribution[layer_id])
                 mixed = out * alpha + plus.dense[layer_id](ctx_t) * (1 - alpha)
                 out = torch.where(mixes, mixed, out)
-            elif len(channels) == 2:  # text rows only: still cache their temporal K/V for later frames
-                q, k, v = (self._heads(t) for t in plus.query_key_value[layer_id](a).chunk(3, dim=-1))
-                cache.write(1, layer_id, index, k, v)
             x = x + layer.third_layernorm(out)
             x = x + layer.fourth_layernorm(layer.mlp(layer.post_attention_layernorm(x)))
         return self.logits(self.transformer.final_layernorm(x))
 
     def forward_full(self, input_ids: torch.Tensor, layout: StreamLayout, text_bias: float, *,
-                     attention: AttentionFn = dense_attention) -> torch.Tensor:
+                     backend: str | None = "reference") -> torch.Tensor:
         """Teacher-forced forward over a whole stream ``input_ids [B, layout.length]`` -> ``[B, length, 20000]``.
 
         Given rows follow the prefill rules and target rows the autoregressive rules, so this equals a
         prefill followed by one cached step per target position.
         """
         cache = self.new_cache(layout, input_ids.shape[0])
-        return self.extend(cache, input_ids, torch.arange(layout.length), text_bias, attention=attention)
+        return self.extend(cache, input_ids, torch.arange(layout.length), text_bias, backend=backend)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,0 +1,69 @@
+"""Attention backends by name: which exist, which can run on a device, and why not.
+
+A backend is a function with the contract of :func:`cogvideo_engine.kernels.reference.window_attention`.
+``get_backend(None, device)`` picks the best available one; a name forces it (with an error saying why it
+cannot run). Backends: ``reference`` (dense masks, PyTorch, any device), ``triton`` (fused kernel; CUDA, or
+CPU under ``TRITON_INTERPRET=1`` for tests), ``cpu`` and ``cuda`` (csrc; not built yet).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+WindowAttentionFn = Callable[..., torch.Tensor]
+
+PREFERENCE = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
+NAMES = ("reference", "triton", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    name: str
+    available: bool
+    reason: str
+
+
+def _triton_status(device_type: str) -> BackendStatus:
+    from .triton_attention import triton_status
+
+    ok, why = triton_status()
+    if not ok:
+        return BackendStatus("triton", False, why)
+    if device_type == "cuda":
+        if not torch.cuda.is_available():
+            return BackendStatus("triton", False, f"{why}, but no CUDA device is visible")
+        return BackendStatus("triton", True, why)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return BackendStatus("triton", True, f"{why} in the interpreter (TRITON_INTERPRET=1): correct, slow")
+    return BackendStatus("triton", False, f"{why}; on {device_type} it runs only under TRITON_INTERPRET=1")
+
+
+def backend_status(device: torch.device | str = "cpu") -> list[BackendStatus]:
+    """Every backend with whether it can run on ``device`` and why (not)."""
+    device_type = torch.device(device).type
+    return [
+        BackendStatus("reference", True, "dense masks in PyTorch: the oracle, any device"),
+        _triton_status(device_type),
+        BackendStatus("cpu", False, "the csrc CPU kernels are not built in this version"),
+        BackendStatus("cuda", False, "the csrc CUDA kernels are not built in this version"),
+    ]
+
+
+def get_backend(name: str | None, device: torch.device | str = "cpu") -> WindowAttentionFn:
+    """The attention function of backend ``name`` (``None`` or ``"auto"``: the best available on ``device``)."""
+    status = {s.name: s for s in backend_status(device)}
+    if name in (None, "auto"):
+        name = next(n for n in PREFERENCE.get(torch.device(device).type, ("reference",)) if status[n].available)
+    if name not in status:
+        raise ValueError(f"unknown attention backend {name!r}: expected one of {', '.join(NAMES)}")
+    if not status[name].available:
+        raise ValueError(f"attention backend {name!r} cannot run on {device}: {status[name].reason}")
+    if name == "reference":
+        from .reference import window_attention
+        return window_attention
+    from .ops import window_attention_triton_op
+    return window_attention_triton_op

@@ -50,10 +50,12 @@ def cmd_score(args) -> int:
           file=sys.stderr)
     t0 = time.perf_counter()
     out = teacher_forced_logits(model, pass_, text, given, target, text_bias=args.text_bias,
-                                progress=None if args.quiet else _progress_printer(100))
+                                progress=None if args.quiet else _progress_printer(100),
+                                backend=None if args.backend == "auto" else args.backend)
     score_s = time.perf_counter() - t0
     nll = out.frame_nll()
-    result = {"model": str(path), "pass": pass_.value, "batch": args.batch, "target_frames": num_targets,
+    result = {"model": str(path), "pass": pass_.value, "backend": args.backend, "batch": args.batch,
+              "target_frames": num_targets,
               "frame_nll": nll.tolist(), "mean_nll": float(nll.mean()), "seconds": round(score_s, 3),
               "steps": out.logits.shape[1], "steps_per_s": round(out.logits.shape[1] / score_s, 1)}
     if args.json:
@@ -89,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     s.add_argument("--device", default="cpu")
+    s.add_argument("--backend", default="reference",
+                   help="attention backend: reference, triton, auto (python -m cogvideo_engine.info lists them)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     s.set_defaults(func=cmd_score)

@@ -70,13 +70,13 @@ def _check_ids(name: str, ids: torch.Tensor, ndim: int, upper: int, batch: int |
 
 
 def _run_stream(model: CogVideoModel, layout: StreamLayout, ids: torch.Tensor, prefill_bias: float,
-                step_bias: float, progress: ProgressFn | None, done: int, total: int):
+                step_bias: float, progress: ProgressFn | None, done: int, total: int, backend: str | None):
     cache = model.new_cache(layout, ids.shape[0])
     ctx = layout.context_len
-    prefill = model.extend(cache, ids[:, :ctx], torch.arange(ctx), prefill_bias)
+    prefill = model.extend(cache, ids[:, :ctx], torch.arange(ctx), prefill_bias, backend=backend)
     steps = []
     for i in range(ctx, layout.length):
-        steps.append(model.extend(cache, ids[:, i:i + 1], [i], step_bias))
+        steps.append(model.extend(cache, ids[:, i:i + 1], [i], step_bias, backend=backend))
         done += 1
         if progress is not None:
             progress(done, total)
@@ -87,8 +87,8 @@ def _run_stream(model: CogVideoModel, layout: StreamLayout, ids: torch.Tensor, p
 def teacher_forced_logits(model: CogVideoModel, stage: Pass | str, text_ids: torch.Tensor,
                           given_frames: torch.Tensor | None, target_frames: torch.Tensor, text_bias: float = 1.4,
                           guider_text_ids: torch.Tensor | None = None, guidance_alpha: float = 3.0, *,
-                          boi_id: int = DEFAULT_BOI_ID, progress: ProgressFn | None = None
-                          ) -> TeacherForcedOutput:
+                          boi_id: int = DEFAULT_BOI_ID, progress: ProgressFn | None = None,
+                          backend: str | None = "reference") -> TeacherForcedOutput:
     """Score a clip the way generation would see it: one prefill, then one cached step per target token.
 
     stage: ``"stage1-first-frame"`` (no given frame, one target), ``"stage1"`` (1 given, up to 4 targets) or
@@ -101,6 +101,7 @@ def teacher_forced_logits(model: CogVideoModel, stage: Pass | str, text_ids: tor
         its own text length and cache and the same frames. As in the reference, its prefill uses
         ``text_bias`` and its steps use 0.
     progress: called as ``progress(steps_done, steps_total)`` after every cached step.
+    backend: attention backend by name (``reference``, ``triton``, ...; None: the best available).
     """
     pass_ = Pass.parse(stage)
     if pass_.model_stage != model.config.stage:
@@ -130,7 +131,7 @@ def teacher_forced_logits(model: CogVideoModel, stage: Pass | str, text_ids: tor
     layout = StreamLayout(pass_, text_ids.shape[1], n_target, geometry)
     ids = stream_input_ids(layout, text_ids, given_frames, target_frames, boi_id).to(device)
     total = (layout.length - layout.context_len) * (1 if guider_text_ids is None else 2)
-    prefill, logits, done = _run_stream(model, layout, ids, text_bias, text_bias, progress, 0, total)
+    prefill, logits, done = _run_stream(model, layout, ids, text_bias, text_bias, progress, 0, total, backend)
     out = TeacherForcedOutput(prefill, logits, target_frames.reshape(batch, -1).to(device),
                               frame_len=geometry.frame_len)
     if guider_text_ids is not None:
@@ -138,6 +139,6 @@ def teacher_forced_logits(model: CogVideoModel, stage: Pass | str, text_ids: tor
         g_layout = StreamLayout(pass_, guider_text_ids.shape[1], n_target, geometry)
         g_ids = stream_input_ids(g_layout, guider_text_ids, given_frames, target_frames, boi_id).to(device)
         out.guider_prefill_logits, out.guider_logits, _ = _run_stream(model, g_layout, g_ids, text_bias, 0.0,
-                                                                      progress, done, total)
+                                                                      progress, done, total, backend)
         out.guided_logits = out.guider_logits + (out.logits - out.guider_logits) * guidance_alpha
     return out

@@ -53,11 +53,17 @@ def backend_status(device: torch.device | str = "cpu") -> list[BackendStatus]:
     ]
 
 
+def default_backend(device: torch.device | str = "cpu") -> str:
+    """Name of the best backend available on ``device``."""
+    status = {s.name: s for s in backend_status(device)}
+    return next(n for n in PREFERENCE.get(torch.device(device).type, ("reference",)) if status[n].available)
+
+
 def get_backend(name: str | None, device: torch.device | str = "cpu") -> WindowAttentionFn:
     """The attention function of backend ``name`` (``None`` or ``"auto"``: the best available on ``device``)."""
-    status = {s.name: s for s in backend_status(device)}
     if name in (None, "auto"):
-        name = next(n for n in PREFERENCE.get(torch.device(device).type, ("reference",)) if status[n].available)
+        name = default_backend(device)
+    status = {s.name: s for s in backend_status(device)}
     if name not in status:
         raise ValueError(f"unknown attention backend {name!r}: expected one of {', '.join(NAMES)}")
     if not status[name].available:

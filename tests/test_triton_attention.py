@@ -117,3 +117,31 @@ def test_input_checks():
         f(q, k, k, rule=rule, **{**good, "text_len": torch.tensor([5])})
     with pytest.raises(ValueError, match="share one of"):
         f(q, k.half(), k.half(), rule=rule, **good)
+
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("pass_,channel,parity", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_gpu_every_position_real_geometry(pass_, channel, parity, dtype):
+    """Real 20x20 geometry, window 10 / shift 5, head dim 64, every position of two sequences with different
+    text lengths and biases (prefill), in every dtype including bf16."""
+    rule = AttentionRule(pass_, channel, parity, FrameGeometry(), text_capacity=24)
+    check(rule, all_positions(rule, [24, 7]), [24, 7], [1.4, 0.0], heads=4, d=64, dtype=dtype)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("d", [16, 32, 64, 128])
+@pytest.mark.parametrize("block_m,block_n", [(16, 32), (64, 64), (128, 64)])
+def test_gpu_tile_sizes_and_head_dims(d, block_m, block_n):
+    rule = AttentionRule(Pass.STAGE2, "temporal", 1, FrameGeometry(), text_capacity=9)
+    q_index = all_positions(rule, [9])
+    k, v = make_cache(rule, [9], 1, 2, d, torch.float16)
+    q = torch.randn(1, 2, q_index.shape[1], d, device=DEVICE, dtype=torch.float16)
+    args = (q, k, v, q_index.to(DEVICE), torch.tensor([9], device=DEVICE), torch.tensor([1.4], device=DEVICE))
+    out = triton_attention.window_attention_triton(*args, rule, block_m=block_m, block_n=block_n)
+    torch.testing.assert_close(out.float(), window_attention(*args, rule).float(), **TOL[torch.float16])

@@ -28,8 +28,6 @@ except ImportError:  # the registry reports the backend as unavailable
 
 from .layout import AttentionRule
 
-_KIND_GIVEN, _KIND_TARGET = 1, 2
-
 
 def triton_status() -> tuple[bool, str]:
     """Whether the Triton backend can run on CUDA here, and why not."""
@@ -40,20 +38,23 @@ def triton_status() -> tuple[bool, str]:
 
 if triton is not None:
 
+    _KIND_GIVEN = tl.constexpr(1)  # rules.GIVEN / rules.TARGET; Triton kernels read only constexpr globals
+    _KIND_TARGET = tl.constexpr(2)
+
     @triton.jit
     def _visible_frame_keys(q_kind, q_slot, q_p, k_slot, k_p, num_given,
                             TEMPORAL: tl.constexpr, WINDOWED: tl.constexpr, BIDIR_GIVEN: tl.constexpr,
                             GRID: tl.constexpr, WINDOW: tl.constexpr, SHIFT: tl.constexpr):
         """[M, N] visibility of frame keys (k_slot, k_p) for frame queries; rules.StreamLayout in registers."""
         q_frame = q_kind > 0
-        same_slot = k_slot == q_slot
+        same_slot = q_slot == k_slot
         if not TEMPORAL:  # spatial: own frame, causal (bidirectional for stage-2 given rows)
             causal = k_p <= q_p
             if BIDIR_GIVEN:
                 causal = causal | (q_kind == _KIND_GIVEN)
-            return q_frame & same_slot & causal
+            visible = q_frame & same_slot & causal
         elif not WINDOWED:  # stage 1: every frame position at or before the query in stream order
-            return q_frame & ((k_slot < q_slot) | (same_slot & (k_p <= q_p)))
+            visible = q_frame & ((k_slot < q_slot) | (same_slot & (k_p <= q_p)))
         else:
             qx = q_p // GRID
             qy = q_p % GRID
@@ -68,7 +69,8 @@ if triton is not None:
                       (((qy + SHIFT) // WINDOW) == ((ky + SHIFT) // WINDOW))
             earlier = (k_slot < q_slot) | (same_slot & (k_p < q_p))
             target = (q_kind == _KIND_TARGET) & ((clamped & earlier) | (same_slot & (k_p == q_p)))
-            return given | target
+            visible = given | target
+        return visible
 
     @triton.jit
     def _online_softmax_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, kv_mask, visible, bias, sm_scale,
@@ -104,8 +106,8 @@ if triton is not None:
             num_heads, num_queries, text_capacity, num_given, sm_scale,
             TEMPORAL: tl.constexpr, WINDOWED: tl.constexpr, BIDIR_GIVEN: tl.constexpr,
             GRID: tl.constexpr, WINDOW: tl.constexpr, SHIFT: tl.constexpr, NUM_SLOTS: tl.constexpr,
-            HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
-        FRAME_LEN: tl.constexpr = GRID * GRID
+            FRAME_LEN: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+            IEEE: tl.constexpr):
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // num_heads
@@ -155,10 +157,12 @@ if triton is not None:
 
         # frame keys, slot by slot; a tile is loaded only if some query of the block sees it
         for slot in tl.static_range(NUM_SLOTS):
+            k_slot = tl.zeros([BLOCK_N], dtype=tl.int32) + slot  # a tensor, so every comparison is tensor-wise
             for start in range(0, FRAME_LEN, BLOCK_N):
                 k_p = start + tl.arange(0, BLOCK_N)
                 key_ok = k_p < FRAME_LEN
-                visible = _visible_frame_keys(q_kind[:, None], q_slot[:, None], q_p[:, None], slot, k_p[None, :],
+                visible = _visible_frame_keys(q_kind[:, None], q_slot[:, None], q_p[:, None], k_slot[None, :],
+                                              k_p[None, :],
                                               num_given, TEMPORAL, WINDOWED, BIDIR_GIVEN, GRID, WINDOW, SHIFT)
                 visible = visible & key_ok[None, :]
                 if tl.max(visible.to(tl.int32)) > 0:
@@ -191,14 +195,20 @@ def _check_inputs(q, k, v, q_index, text_len, text_bias, rule: AttentionRule):
         raise ValueError(f"q_index must be [B={b}, Q={q.shape[2]}], got {tuple(q_index.shape)}")
     if text_len.shape != (b,) or text_bias.shape != (b,):
         raise ValueError("text_len and text_bias must be [B] tensors")
-    if int(text_len.max()) > rule.text_capacity or int(text_len.min()) < 1:
+    capturing = q.is_cuda and torch.cuda.is_current_stream_capturing()
+    if not capturing and (int(text_len.max()) > rule.text_capacity or int(text_len.min()) < 1):
+        # a value check syncs the device, so it is skipped inside a CUDA-graph capture
         raise ValueError(f"text lengths must lie in 1..text_capacity ({rule.text_capacity})")
 
 
 def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_index: torch.Tensor,
                             text_len: torch.Tensor, text_bias: torch.Tensor, rule: AttentionRule, *,
-                            block_m: int = 16, block_n: int = 32) -> torch.Tensor:
-    """Same contract as :func:`cogvideo_engine.kernels.reference.window_attention`, fused in one kernel."""
+                            block_m: int | None = None, block_n: int | None = None) -> torch.Tensor:
+    """Same contract as :func:`cogvideo_engine.kernels.reference.window_attention`, fused in one kernel.
+
+    Tiles: ``block_m`` queries x ``block_n`` keys; by default 16 x 32 for decode (a few queries per
+    sequence) and 64 x 64 for prefill.
+    """
     if triton is None:
         raise RuntimeError("the triton backend needs the triton package")
     _check_inputs(q, k, v, q_index, text_len, text_bias, rule)
@@ -206,6 +216,10 @@ def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
     out = torch.empty_like(q)
     if n_q == 0:
         return out
+    if block_m is None:
+        block_m = 16 if n_q <= 16 else 64
+    if block_n is None:
+        block_n = 32 if n_q <= 16 else 64
     q_index = q_index.to(torch.int32)
     text_len = text_len.to(device=q.device, dtype=torch.int32)
     text_bias = text_bias.to(device=q.device, dtype=torch.float32)
@@ -216,6 +230,6 @@ def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *q_index.stride(),
         h, n_q, rule.text_capacity, rule.pass_.num_given, 1.0 / math.sqrt(d),
         TEMPORAL=rule.temporal, WINDOWED=rule.windowed, BIDIR_GIVEN=rule.bidirectional_given,
-        GRID=g.grid, WINDOW=g.window, SHIFT=rule.shift, NUM_SLOTS=rule.num_slots,
+        GRID=g.grid, WINDOW=g.window, SHIFT=rule.shift, NUM_SLOTS=rule.num_slots, FRAME_LEN=g.frame_len,
         HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, IEEE=q.dtype == torch.float32)
     return out

@@ -6,7 +6,7 @@ import torch
 from cogvideo_engine.info import report
 from cogvideo_engine.kernels.layout import AttentionRule
 from cogvideo_engine.kernels.registry import backend_status, default_backend, get_backend
-from cogvideo_engine.kernels.rules import Pass, StreamLayout
+from cogvideo_engine.kernels.rules import FrameGeometry, Pass, StreamLayout
 from cogvideo_engine.scoring import stream_input_ids
 
 from conftest import SMALL_BOI, SMALL_GEOMETRY, small_model
@@ -60,3 +60,49 @@ def test_model_on_triton_matches_the_reference(pass_):
         a = model.extend(cache_r, ids[:, lo:hi], range(lo, hi), 1.4, backend="reference")
         b = model.extend(cache_t, ids[:, lo:hi], range(lo, hi), 1.4, backend="triton")
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _gpu_inputs():
+    rule = AttentionRule(Pass.STAGE2, "temporal", 1, FrameGeometry(), text_capacity=9)
+    lay = StreamLayout(Pass.STAGE2, 9, 2)
+    q_index = torch.tensor([[lay.index(3, 215), lay.index(4, 25)]] * 2, device="cuda")
+    q = torch.randn(2, 48, 2, 64, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(2, 48, rule.cache_len, 64, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    return rule, (q, k, v, q_index, torch.tensor([9, 9], device="cuda"), torch.tensor([1.4, 0.0], device="cuda"))
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_triton_op_under_torch_compile():
+    from cogvideo_engine.kernels.ops import window_attention_triton_op
+    from cogvideo_engine.kernels.reference import window_attention
+
+    rule, args = _gpu_inputs()
+    compiled = torch.compile(lambda *a: window_attention_triton_op(*a, rule) * 2.0, fullgraph=True)
+    torch.testing.assert_close(compiled(*args).float(), 2.0 * window_attention(*args, rule).float(),
+                               atol=6e-2, rtol=6e-2)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_triton_op_in_a_cuda_graph():
+    from cogvideo_engine.kernels.ops import window_attention_triton_op
+
+    rule, args = _gpu_inputs()
+    expected = window_attention_triton_op(*args, rule)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        window_attention_triton_op(*args, rule)  # warm up (compile) outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = window_attention_triton_op(*args, rule)
+    args[0].mul_(1.0)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, expected)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cogvideo_engine.kernels.layout import AttentionRule
-from cogvideo_engine.kernels.masks import spatial_mask, temporal_mask
+from cogvideo_engine.kernels.masks import ChannelMask, spatial_mask, temporal_mask
 from cogvideo_engine.kernels.registry import WindowAttentionFn, get_backend
 from cogvideo_engine.kernels.rules import StreamLayout
 
@@ -104,7 +104,7 @@ class KVCache:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(channels)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(channels)]
         self.filled = torch.zeros(layout.length, dtype=torch.bool, device=device)
-        self._masks: dict[tuple[str, int], torch.Tensor] = {}
+        self._masks: dict[tuple[str, int], ChannelMask] = {}
 
     @property
     def num_filled(self) -> int:
@@ -121,16 +121,14 @@ class KVCache:
     def keys(self, channel: int, layer_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k[channel][layer_id], self.v[channel][layer_id]
 
-    def visibility(self, channel: str, layer_id: int) -> torch.Tensor:
-        """Dense ``[length, length]`` visibility of ``channel`` ('spatial' / 'temporal') for a layer."""
+    def visibility(self, channel: str, layer_id: int) -> ChannelMask:
+        """Dense ``[length, length]`` mask of ``channel`` ('spatial' / 'temporal') for a layer (validation)."""
         parity = 1 if self.rule(channel, layer_id).shift else 0  # only stage 2's temporal channel varies
-        key = (channel, parity)
-        if key not in self._masks:
+        if (channel, parity) not in self._masks:
             idx = torch.arange(self.layout.length, device=self.filled.device)
-            build = spatial_mask if channel == "spatial" else \
-                (lambda lay, q, k: temporal_mask(lay, q, k, parity))
-            self._masks[key] = build(self.layout, idx, idx)
-        return self._masks[key]
+            self._masks[channel, parity] = spatial_mask(self.layout, idx, idx) if channel == "spatial" else \
+                temporal_mask(self.layout, idx, idx, parity)
+        return self._masks[channel, parity]
 
 
 class CogVideoModel(nn.Module):

@@ -10,7 +10,8 @@ import math
 import torch
 
 from .layout import AttentionRule, stream_index_of_row
-from .rules import TARGET, StreamLayout
+from .masks import ChannelMask, spatial_mask, temporal_mask
+from .rules import StreamLayout
 
 
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive: torch.Tensor) -> torch.Tensor:
@@ -31,20 +32,12 @@ def rule_additive(rule: AttentionRule, q_index: torch.Tensor, text_len: int, tex
                   cache_len: int) -> torch.Tensor:
     """``[Q, cache_len]`` additive mask of one sequence: ``-inf`` on hidden rows, the bias on biased text keys."""
     layout = StreamLayout(rule.pass_, text_len, rule.pass_.max_targets, rule.geometry)
-    rows = torch.arange(cache_len, device=q_index.device)
-    key, key_valid = stream_index_of_row(rows, text_len, rule.text_capacity)
-    q = q_index.clamp(min=0)[:, None]
-    k = key[None, :]
-    if rule.temporal:
-        visible = layout.temporal_visible(q, k, rule.layer_parity)
-        bias_rows = layout.kind(q) == TARGET
-    else:
-        visible = layout.spatial_visible(q, k)
-        bias_rows = q >= 0
-    visible = visible & key_valid[None, :] & (q_index >= 0)[:, None]
-    biased = visible & ~layout.is_frame(k) & bias_rows
-    out = torch.zeros(visible.shape, dtype=torch.float32, device=q_index.device)
-    return out.masked_fill(biased, text_bias).masked_fill(~visible, float("-inf"))
+    key, key_valid = stream_index_of_row(torch.arange(cache_len, device=q_index.device), text_len,
+                                         rule.text_capacity)
+    q = q_index.clamp(min=0)
+    mask = temporal_mask(layout, q, key, rule.layer_parity) if rule.temporal else spatial_mask(layout, q, key)
+    keep = key_valid[None, :] & (q_index >= 0)[:, None]
+    return ChannelMask(mask.visible & keep, mask.text_bias & keep).additive(text_bias)
 
 
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_index: torch.Tensor,

@@ -3,7 +3,8 @@
 A backend is a function with the contract of :func:`cogvideo_engine.kernels.reference.window_attention`.
 ``get_backend(None, device)`` picks the best available one; a name forces it (with an error saying why it
 cannot run). Backends: ``reference`` (dense masks, PyTorch, any device), ``triton`` (fused kernel; CUDA, or
-CPU under ``TRITON_INTERPRET=1`` for tests), ``cpu`` and ``cuda`` (csrc; not built yet).
+CPU under ``TRITON_INTERPRET=1`` for tests), ``cpu`` and ``cuda`` (the csrc C++/CUDA kernels in
+``cogvideo_engine._C``).
 """
 
 from __future__ import annotations
@@ -42,14 +43,22 @@ def _triton_status(device_type: str) -> BackendStatus:
     return BackendStatus("triton", False, f"{why}; on {device_type} it runs only under TRITON_INTERPRET=1")
 
 
+def _csrc_status(name: str, device_type: str) -> BackendStatus:
+    from .csrc_ops import csrc_status
+
+    if device_type != name:
+        return BackendStatus(name, False, f"the {name} kernel runs on {name} tensors, not {device_type}")
+    return BackendStatus(name, *csrc_status(name))
+
+
 def backend_status(device: torch.device | str = "cpu") -> list[BackendStatus]:
     """Every backend with whether it can run on ``device`` and why (not)."""
     device_type = torch.device(device).type
     return [
         BackendStatus("reference", True, "dense masks in PyTorch: the oracle, any device"),
         _triton_status(device_type),
-        BackendStatus("cpu", False, "the csrc CPU kernels are not built in this version"),
-        BackendStatus("cuda", False, "the csrc CUDA kernels are not built in this version"),
+        _csrc_status("cpu", device_type),
+        _csrc_status("cuda", device_type),
     ]
 
 
@@ -71,5 +80,8 @@ def get_backend(name: str | None, device: torch.device | str = "cpu") -> WindowA
     if name == "reference":
         from .reference import window_attention
         return window_attention
-    from .ops import window_attention_triton_op
-    return window_attention_triton_op
+    if name == "triton":
+        from .ops import window_attention_triton_op
+        return window_attention_triton_op
+    from .csrc_ops import window_attention_csrc_op
+    return window_attention_csrc_op

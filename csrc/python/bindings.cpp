@@ -1,0 +1,88 @@
+// pybind11 bindings of the cogvideo kernels: tensors cross as (data pointer, dtype, shape, strides).
+// No libtorch: the Python side (kernels/csrc_ops.py) passes torch tensors' pointers and strides.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "cogvideo/window_attention.h"
+
+namespace py = pybind11;
+using cogvideo::AttentionRule;
+using cogvideo::DType;
+using cogvideo::InvalidArgument;
+using cogvideo::QueryInfo;
+using cogvideo::TensorView;
+
+namespace {
+
+using TensorArg = std::tuple<uintptr_t, std::string, std::vector<int64_t>, std::vector<int64_t>>;
+
+DType parse_dtype(const std::string& name) {
+  if (name == "float32") return DType::kFloat32;
+  if (name == "float16") return DType::kFloat16;
+  if (name == "bfloat16") return DType::kBFloat16;
+  throw InvalidArgument("dtype " + name + " is not supported (float32, float16 or bfloat16)");
+}
+
+TensorView view(const TensorArg& arg, const char* name) {
+  const auto& [ptr, dtype, shape, strides] = arg;
+  if (shape.size() != 4 || strides.size() != 4)
+    throw InvalidArgument(std::string(name) + " must be a 4-D tensor with 4 strides");
+  TensorView t;
+  t.data = reinterpret_cast<void*>(ptr);
+  t.dtype = parse_dtype(dtype);
+  t.ndim = 4;
+  for (int i = 0; i < 4; ++i) {
+    t.shape[i] = shape[i];
+    t.stride[i] = strides[i];
+  }
+  return t;
+}
+
+void window_attention(const std::string& device, const TensorArg& q, const TensorArg& k, const TensorArg& v,
+                      const TensorArg& out, uintptr_t q_index, int64_t q_index_stride0, int64_t q_index_stride1,
+                      uintptr_t text_len, uintptr_t text_bias, bool temporal, bool windowed,
+                      bool bidirectional_given, int num_given, int num_slots, int grid, int window, int shift,
+                      int text_capacity, uintptr_t stream) {
+  TensorView qv = view(q, "q"), kv = view(k, "k"), vv = view(v, "v"), ov = view(out, "out");
+  QueryInfo info;
+  info.q_index = reinterpret_cast<const int64_t*>(q_index);
+  info.q_index_stride[0] = q_index_stride0;
+  info.q_index_stride[1] = q_index_stride1;
+  info.text_len = reinterpret_cast<const int32_t*>(text_len);
+  info.text_bias = reinterpret_cast<const float*>(text_bias);
+  AttentionRule rule;
+  rule.temporal = temporal;
+  rule.windowed = windowed;
+  rule.bidirectional_given = bidirectional_given;
+  rule.num_given = num_given;
+  rule.num_slots = num_slots;
+  rule.grid = grid;
+  rule.window = window;
+  rule.shift = shift;
+  rule.text_capacity = text_capacity;
+  py::gil_scoped_release release;
+  if (device == "cpu") {
+    cogvideo::window_attention_cpu(qv, kv, vv, ov, info, rule);
+  } else if (device == "cuda") {
+    cogvideo::window_attention_cuda(qv, kv, vv, ov, info, rule, reinterpret_cast<void*>(stream));
+  } else {
+    throw InvalidArgument("device must be 'cpu' or 'cuda', got '" + device + "'");
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "CogVideo fused window-attention kernels (C++ CPU and CUDA), without libtorch.";
+  m.def("has_cuda", &cogvideo::has_cuda, "Whether the library was built with the CUDA kernel.");
+  m.def("window_attention", &window_attention, py::arg("device"), py::arg("q"), py::arg("k"), py::arg("v"),
+        py::arg("out"), py::arg("q_index"), py::arg("q_index_stride0"), py::arg("q_index_stride1"),
+        py::arg("text_len"), py::arg("text_bias"), py::arg("temporal"), py::arg("windowed"),
+        py::arg("bidirectional_given"), py::arg("num_given"), py::arg("num_slots"), py::arg("grid"),
+        py::arg("window"), py::arg("shift"), py::arg("text_capacity"), py::arg("stream") = 0,
+        "Window attention into `out`; tensors are (data_ptr, dtype name, shape, strides in elements).");
+}

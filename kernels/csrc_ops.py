@@ -1,0 +1,88 @@
+"""The csrc kernels (``cogvideo_engine._C``: C++ CPU and CUDA) behind the window-attention contract.
+
+Tensors cross into C++ as (data pointer, dtype, shape, strides); CUDA launches go on torch's current stream.
+Registered as ``torch.ops.cogvideo_engine.window_attention_csrc`` (custom op + fake) so ``torch.compile``
+and CUDA graphs see one opaque op.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .layout import AttentionRule
+from .rules import FrameGeometry
+
+try:
+    from cogvideo_engine import _C
+    _IMPORT_ERROR = ""
+except ImportError as e:  # pure-Python install, or a build for another Python/torch
+    _C = None
+    _IMPORT_ERROR = str(e)
+
+
+def csrc_status(device_type: str) -> tuple[bool, str]:
+    """Whether the csrc kernel for ``device_type`` can run here, and why (not)."""
+    if _C is None:
+        return False, f"the compiled extension cogvideo_engine._C is not available ({_IMPORT_ERROR})"
+    if device_type == "cpu":
+        return True, "C++ kernel, OpenMP"
+    if not _C.has_cuda():
+        return False, "cogvideo_engine._C was built without CUDA (no nvcc at build time)"
+    if not torch.cuda.is_available():
+        return False, "built with CUDA, but no CUDA device is visible"
+    return True, "CUDA C++ kernel"
+
+
+def _tensor_arg(t: torch.Tensor) -> tuple:
+    return t.data_ptr(), str(t.dtype).removeprefix("torch."), list(t.shape), list(t.stride())
+
+
+def window_attention_csrc(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_index: torch.Tensor,
+                          text_len: torch.Tensor, text_bias: torch.Tensor, rule: AttentionRule) -> torch.Tensor:
+    """Same contract as :func:`cogvideo_engine.kernels.reference.window_attention`, on q's device."""
+    if _C is None:
+        raise RuntimeError(f"the csrc backends need cogvideo_engine._C: {_IMPORT_ERROR}")
+    device = q.device
+    for name, t in (("k", k), ("v", v), ("q_index", q_index)):
+        if t.device != device:
+            raise ValueError(f"{name} is on {t.device}, q on {device}: all inputs must share one device")
+    if q_index.shape != (q.shape[0], q.shape[2]):
+        raise ValueError(f"q_index must be [B={q.shape[0]}, Q={q.shape[2]}], got {tuple(q_index.shape)}")
+    if text_len.shape != (q.shape[0],) or text_bias.shape != (q.shape[0],):
+        raise ValueError("text_len and text_bias must be [B] tensors")
+    q_index = q_index.to(torch.int64)
+    text_len = text_len.to(device=device, dtype=torch.int32).contiguous()
+    text_bias = text_bias.to(device=device, dtype=torch.float32).contiguous()
+    out = torch.empty_like(q)
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    g = rule.geometry
+    _C.window_attention(device.type, _tensor_arg(q), _tensor_arg(k), _tensor_arg(v), _tensor_arg(out),
+                        q_index.data_ptr(), q_index.stride(0), q_index.stride(1), text_len.data_ptr(),
+                        text_bias.data_ptr(), rule.temporal, rule.windowed, rule.bidirectional_given,
+                        rule.pass_.num_given, rule.num_slots, g.grid, g.window, rule.shift, rule.text_capacity,
+                        stream)
+    return out
+
+
+@torch.library.custom_op("cogvideo_engine::window_attention_csrc", mutates_args=())
+def _window_attention_csrc(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_index: torch.Tensor,
+                           text_len: torch.Tensor, text_bias: torch.Tensor, pass_name: str, channel: str,
+                           layer_parity: int, grid: int, window: int, shift: int,
+                           text_capacity: int) -> torch.Tensor:
+    rule = AttentionRule(pass_name, channel, layer_parity, FrameGeometry(grid=grid, window=window, shift=shift),
+                         text_capacity)
+    return window_attention_csrc(q, k, v, q_index, text_len, text_bias, rule)
+
+
+@_window_attention_csrc.register_fake
+def _(q, k, v, q_index, text_len, text_bias, pass_name, channel, layer_parity, grid, window, shift,
+      text_capacity):
+    return torch.empty_like(q)
+
+
+def window_attention_csrc_op(q, k, v, q_index, text_len, text_bias, rule: AttentionRule) -> torch.Tensor:
+    """The csrc kernel through its registered op."""
+    from .ops import rule_args
+
+    return torch.ops.cogvideo_engine.window_attention_csrc(q, k, v, q_index, text_len, text_bias,
+                                                           *rule_args(rule))

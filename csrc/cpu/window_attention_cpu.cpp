@@ -23,8 +23,10 @@
 namespace cogvideo {
 namespace {
 
-constexpr int kTileM = 16;  // queries per tile
-constexpr int kRowBlock = 4;  // query rows per micro-kernel pass
+constexpr int kTileM = 320;        // queries per tile of a bidirectional group (one key set for all)
+constexpr int kTileMCausal = 128;  // queries per tile of a causal group (keys grow with the query)
+constexpr int kDirectMax = 4;      // tiles this small (decode) read K/V rows in place instead of packing
+constexpr int kRowBlock = 6;  // query rows per micro-kernel pass
 constexpr int kKeyBlock = 64;  // keys per micro-kernel pass (QK^T)
 
 inline float half_to_float(uint16_t h) {
@@ -109,10 +111,13 @@ inline void store_elem(void* base, int64_t offset, DType dt, float value) {
 }
 
 // exp for x <= 0 (softmax after subtracting the row max): Cephes-style range reduction and polynomial,
-// ~1e-7 relative error, branch-free so the softmax loop vectorises. exp(x < -87) is taken as 0.
+// 8e-8 max relative error. Written without branches or float-to-int conversions (rounding by the
+// 1.5 * 2^23 trick) so the softmax loop vectorises. exp(x < -87) is taken as 0.
 inline float exp_nonpositive(float x) {
-  const float clamped = std::max(x, -87.0f);
-  const float fx = std::floor(clamped * 1.44269504088896341f + 0.5f);
+  const float clamped = x > -87.0f ? x : -87.0f;
+  const float magic = 12582912.0f;
+  const float n = clamped * 1.44269504088896341f + magic;  // round(x / ln 2) in the low mantissa bits
+  const float fx = n - magic;
   float r = clamped - fx * 0.693359375f;
   r = r + fx * 2.12194440e-4f;
   const float z = r * r;
@@ -123,95 +128,106 @@ inline float exp_nonpositive(float x) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * z + r + 1.0f;
-  const int32_t e = static_cast<int32_t>(fx) + 127;
-  const uint32_t bits = static_cast<uint32_t>(e) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, 4);
+  const int32_t e = __builtin_bit_cast(int32_t, n) - __builtin_bit_cast(int32_t, magic);
+  const float scale = __builtin_bit_cast(float, (e + 127) << 23);
   return x < -87.0f ? 0.0f : y * scale;
 }
 
 struct Tile {
   int64_t batch = 0;
-  int num_queries = 0;
-  int64_t query_slot[kTileM];          // position of each query in q_index's second dimension
-  std::vector<int64_t> rows;           // cache rows of the union of visible keys
-  std::vector<float> additive;         // [kTileM, rows.size()]: 0, text bias, or -inf
+  std::vector<int64_t> query_cols;  // position of each query in q_index's second dimension
+  std::vector<int64_t> rows;        // cache rows of the union of visible keys
+  std::vector<float> additive;      // [queries, rows.size()]: 0, the text bias, or -inf
 };
 
-// Tiles of queries sharing a rule group, and their key rows and additive terms.
+// Tiles of up to kTileM queries of one rule group (sharing their key set up to causality), with the union
+// of their visible cache rows and the additive term of every (query, row).
 std::vector<Tile> plan_tiles(const TensorView& q, const QueryInfo& info, const AttentionRule& rule) {
   const int64_t batch = q.shape[0], num_q = q.shape[2];
   const int frame_len = rule.frame_len();
-  std::vector<std::vector<Tile>> per_batch(batch);
-#pragma omp parallel for schedule(dynamic)
+  std::vector<Cell> cells(frame_len);
+  for (int p = 0; p < frame_len; ++p) cells[p] = cell_of(p, rule);
+
+  std::vector<Tile> tiles;
+  std::vector<std::vector<QueryPos>> positions(batch);
   for (int64_t b = 0; b < batch; ++b) {
     const int text_len = info.text_len[b];
-    std::vector<QueryPos> pos(num_q);
-    std::vector<int64_t> order;
-    std::vector<int64_t> group(num_q);
+    std::vector<QueryPos>& pos = positions[b];
+    pos.resize(num_q);
+    std::vector<int64_t> order, group(num_q);
     for (int64_t i = 0; i < num_q; ++i) {
-      const int64_t qi = info.q_index[b * info.q_index_stride[0] + i * info.q_index_stride[1]];
-      pos[i] = decode_query(qi, text_len, rule.num_given, rule.grid);
+      pos[i] = decode_query(info.q_index[b * info.q_index_stride[0] + i * info.q_index_stride[1]], text_len, rule);
       if (pos[i].kind == kPadding) continue;
       group[i] = query_group(pos[i], rule);
       order.push_back(i);
     }
     std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t c) { return group[a] < group[c]; });
-    std::vector<Tile>& tiles = per_batch[b];
-    std::vector<uint8_t> seen(rule.num_slots * static_cast<size_t>(frame_len));
     for (size_t start = 0; start < order.size();) {
+      const QueryPos& first = pos[order[start]];
+      const bool bidirectional = first.kind == kGiven && (rule.windowed || (!rule.temporal && rule.bidirectional_given));
+      const size_t limit = bidirectional ? kTileM : kTileMCausal;
+      size_t end = start;
+      while (end < order.size() && end - start < limit && group[order[end]] == group[order[start]]) ++end;
       Tile t;
       t.batch = b;
-      size_t end = start;
-      while (end < order.size() && end - start < static_cast<size_t>(kTileM) && group[order[end]] == group[order[start]])
-        ++end;
-      t.num_queries = static_cast<int>(end - start);
-      bool any_text = false;
-      std::fill(seen.begin(), seen.end(), 0);
-      for (int m = 0; m < t.num_queries; ++m) {
-        const QueryPos& qp = pos[order[start + m]];
-        t.query_slot[m] = order[start + m];
-        any_text = any_text || sees_text(qp, rule.temporal);
-        if (qp.kind <= kText) continue;
-        for (int s = 0; s < rule.num_slots; ++s)
-          for (int p = 0; p < frame_len; ++p)
-            if (!seen[s * frame_len + p] && sees_frame_key(qp, s, p, rule)) seen[s * frame_len + p] = 1;
-      }
-      if (any_text)
-        for (int j = 0; j < text_len; ++j) t.rows.push_back(j);
-      for (int s = 0; s < rule.num_slots; ++s)
-        for (int p = 0; p < frame_len; ++p)
-          if (seen[s * frame_len + p]) t.rows.push_back(rule.text_capacity + static_cast<int64_t>(s) * frame_len + p);
-      const size_t n = t.rows.size();
-      t.additive.assign(kTileM * n, -std::numeric_limits<float>::infinity());
-      for (int m = 0; m < t.num_queries; ++m) {
-        const QueryPos& qp = pos[t.query_slot[m]];
-        const float bias = text_biased(qp, rule.temporal) ? info.text_bias[b] : 0.0f;
-        for (size_t j = 0; j < n; ++j) {
-          const int64_t row = t.rows[j];
-          bool visible;
-          float value = 0.0f;
-          if (row < rule.text_capacity) {
-            visible = sees_text(qp, rule.temporal);
-            value = bias;
-          } else {
-            const int64_t rel = row - rule.text_capacity;
-            visible = sees_frame_key(qp, static_cast<int>(rel / frame_len), static_cast<int>(rel % frame_len), rule);
-          }
-          if (visible) t.additive[m * n + j] = value;
-        }
-      }
+      t.query_cols.assign(order.begin() + start, order.begin() + end);
       tiles.push_back(std::move(t));
       start = end;
     }
   }
-  std::vector<Tile> all;
-  for (auto& tiles : per_batch)
-    for (auto& t : tiles) all.push_back(std::move(t));
-  return all;
+
+#pragma omp parallel for schedule(dynamic)
+  for (size_t ti = 0; ti < tiles.size(); ++ti) {
+    Tile& t = tiles[ti];
+    const std::vector<QueryPos>& pos = positions[t.batch];
+    const int text_len = info.text_len[t.batch];
+    bool any_text = false;
+    for (int64_t col : t.query_cols) any_text = any_text || sees_text(pos[col], rule.temporal);
+    if (any_text)
+      for (int j = 0; j < text_len; ++j) t.rows.push_back(j);
+    for (int s = 0; s < rule.num_slots; ++s)
+      for (int p = 0; p < frame_len; ++p)
+        for (int64_t col : t.query_cols)
+          if (sees_frame_key(pos[col], s, cells[p], rule)) {
+            t.rows.push_back(rule.text_capacity + static_cast<int64_t>(s) * frame_len + p);
+            break;
+          }
+    const size_t n = t.rows.size();
+    t.additive.assign(t.query_cols.size() * n, -std::numeric_limits<float>::infinity());
+    for (size_t m = 0; m < t.query_cols.size(); ++m) {
+      const QueryPos& qp = pos[t.query_cols[m]];
+      const bool text_ok = sees_text(qp, rule.temporal);
+      const float bias = text_biased(qp, rule.temporal) ? info.text_bias[t.batch] : 0.0f;
+      float* add = t.additive.data() + m * n;
+      for (size_t j = 0; j < n; ++j) {
+        const int64_t row = t.rows[j];
+        if (row < rule.text_capacity) {
+          if (text_ok) add[j] = bias;
+        } else {
+          const int64_t rel = row - rule.text_capacity;
+          if (sees_frame_key(qp, static_cast<int>(rel / frame_len), cells[rel % frame_len], rule)) add[j] = 0.0f;
+        }
+      }
+    }
+  }
+  return tiles;
 }
 
-// S[m, j] = sum_d qs[m, d] * kt[d, j] for kRowBlock rows at a time, kKeyBlock keys per pass.
+// One row (D elements) of a strided tensor as fp32.
+template <int D>
+inline void load_row(const TensorView& t, int64_t offset, float* dst) {
+  if (t.dtype == DType::kFloat32 && t.stride[3] == 1) {
+    std::memcpy(dst, static_cast<const float*>(t.data) + offset, D * sizeof(float));
+  } else if (t.dtype == DType::kBFloat16 && t.stride[3] == 1) {
+    const uint16_t* src = static_cast<const uint16_t*>(t.data) + offset;
+#pragma omp simd
+    for (int d = 0; d < D; ++d) dst[d] = bf16_to_float(src[d]);
+  } else {
+    for (int d = 0; d < D; ++d) dst[d] = load_elem(t.data, offset + d * t.stride[3], t.dtype);
+  }
+}
+
+// S[m, j] = sum_d qs[m, d] * kt[d, j], kRowBlock query rows x kKeyBlock keys per pass (register tile).
 template <int D>
 void scores(const float* qs, int rows, const float* kt, int64_t n_pad, float* s) {
   for (int m0 = 0; m0 < rows; m0 += kRowBlock) {
@@ -230,13 +246,13 @@ void scores(const float* qs, int rows, const float* kt, int64_t n_pad, float* s)
   }
 }
 
-// O[m, :] = sum_j p[m, j] * v[j, :] for kRowBlock rows at a time.
+// O[m, :] = sum_j p[m, j] * v_rows[j][:], kRowBlock query rows per pass.
 template <int D>
-void weighted_values(const float* p, int rows, const float* v, int64_t n, int64_t n_pad, float* o) {
+void weighted_values(const float* p, int rows, const float* const* v_rows, int64_t n, int64_t n_pad, float* o) {
   for (int m0 = 0; m0 < rows; m0 += kRowBlock) {
     float acc[kRowBlock][D] = {};
     for (int64_t j = 0; j < n; ++j) {
-      const float* vrow = v + j * D;
+      const float* vrow = v_rows[j];
       for (int r = 0; r < kRowBlock; ++r) {
         const float w = p[(m0 + r) * n_pad + j];
 #pragma omp simd
@@ -247,59 +263,136 @@ void weighted_values(const float* p, int rows, const float* v, int64_t n, int64_
   }
 }
 
+// Softmax of one score row over n keys, in place (additive already applied); false if the row sees nothing.
+inline bool softmax_row(float* row, int64_t n) {
+  float mx = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : mx)
+  for (int64_t j = 0; j < n; ++j) mx = row[j] > mx ? row[j] : mx;
+  if (mx == -std::numeric_limits<float>::infinity()) return false;
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) {
+    const float e = exp_nonpositive(row[j] - mx);
+    row[j] = e;
+    sum += e;
+  }
+  const float inv = 1.0f / sum;
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+  return true;
+}
+
+// Decode-sized tiles with fp32 rows: scores as dot products over K rows read in place, P V over V rows.
+template <int D>
+void run_tile_head_direct(const Tile& t, int64_t h, const TensorView& q, const TensorView& k, const TensorView& v,
+                          TensorView& out) {
+  const int64_t n = static_cast<int64_t>(t.rows.size());
+  const int num_q = static_cast<int>(t.query_cols.size());
+  const float sqrt_d = std::sqrt(static_cast<float>(D));
+  const int64_t b = t.batch;
+  float qs[kDirectMax][D];
+  for (int m = 0; m < num_q; ++m) {
+    load_row<D>(q, b * q.stride[0] + h * q.stride[1] + t.query_cols[m] * q.stride[2], qs[m]);
+    for (int d = 0; d < D; ++d) qs[m][d] /= sqrt_d;
+  }
+  thread_local std::vector<float> s;
+  s.resize(static_cast<size_t>(num_q) * n);
+  const float* k_head = static_cast<const float*>(k.data) + b * k.stride[0] + h * k.stride[1];
+  const float* v_head = static_cast<const float*>(v.data) + b * v.stride[0] + h * v.stride[1];
+  for (int64_t j = 0; j < n; ++j) {
+    const float* krow = k_head + t.rows[j] * k.stride[2];
+    for (int m = 0; m < num_q; ++m) {
+      float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+      for (int d = 0; d < D; ++d) dot += qs[m][d] * krow[d];
+      s[m * n + j] = dot + t.additive[m * n + j];
+    }
+  }
+  for (int m = 0; m < num_q; ++m) {
+    float acc[D] = {};
+    float* row = s.data() + m * n;
+    if (softmax_row(row, n)) {
+      for (int64_t j = 0; j < n; ++j) {
+        const float w = row[j];
+        if (w == 0.0f) continue;
+        const float* vrow = v_head + t.rows[j] * v.stride[2];
+#pragma omp simd
+        for (int d = 0; d < D; ++d) acc[d] += w * vrow[d];
+      }
+    }
+    const int64_t base = b * out.stride[0] + h * out.stride[1] + t.query_cols[m] * out.stride[2];
+    for (int d = 0; d < D; ++d) store_elem(out.data, base + d * out.stride[3], out.dtype, acc[d]);
+  }
+}
+
 template <int D>
 void run_tile_head(const Tile& t, int64_t h, const TensorView& q, const TensorView& k, const TensorView& v,
-                   TensorView& out, const int64_t* q_cols) {
+                   TensorView& out) {
+  const bool fp32_rows = k.dtype == DType::kFloat32 && k.stride[3] == 1 && v.stride[3] == 1;
+  if (fp32_rows && t.query_cols.size() <= static_cast<size_t>(kDirectMax)) {
+    run_tile_head_direct<D>(t, h, q, k, v, out);
+    return;
+  }
   const int64_t n = static_cast<int64_t>(t.rows.size());
-  const int64_t n_pad = (n + kKeyBlock - 1) / kKeyBlock * kKeyBlock;
-  const int rows = (t.num_queries + kRowBlock - 1) / kRowBlock * kRowBlock;
+  const int num_q = static_cast<int>(t.query_cols.size());
+  const int64_t n_pad = std::max<int64_t>(kKeyBlock, (n + kKeyBlock - 1) / kKeyBlock * kKeyBlock);
+  const int rows = (num_q + kRowBlock - 1) / kRowBlock * kRowBlock;
   const float sqrt_d = std::sqrt(static_cast<float>(D));  // scores are (q / sqrt(d)) . k, as the original
   thread_local std::vector<float> qs, kt, vv, s, o;
+  thread_local std::vector<const float*> v_rows;
   qs.assign(static_cast<size_t>(rows) * D, 0.0f);
-  kt.assign(static_cast<size_t>(D) * n_pad, 0.0f);
-  vv.resize(static_cast<size_t>(n) * D);
+  kt.resize(static_cast<size_t>(D) * n_pad);
+  const bool v_direct = v.dtype == DType::kFloat32 && v.stride[3] == 1;  // read fp32 V rows in place
+  if (!v_direct) vv.resize(static_cast<size_t>(n) * D);
+  v_rows.resize(n);
   s.resize(static_cast<size_t>(rows) * n_pad);
   o.resize(static_cast<size_t>(rows) * D);
   const int64_t b = t.batch;
-  for (int m = 0; m < t.num_queries; ++m) {
-    const int64_t base = b * q.stride[0] + h * q.stride[1] + q_cols[m] * q.stride[2];
-    for (int d = 0; d < D; ++d) qs[m * D + d] = load_elem(q.data, base + d * q.stride[3], q.dtype) / sqrt_d;
+  for (int m = 0; m < num_q; ++m) {
+    float* dst = qs.data() + m * D;
+    load_row<D>(q, b * q.stride[0] + h * q.stride[1] + t.query_cols[m] * q.stride[2], dst);
+    for (int d = 0; d < D; ++d) dst[d] /= sqrt_d;
   }
-  for (int64_t j = 0; j < n; ++j) {
-    const int64_t kb = b * k.stride[0] + h * k.stride[1] + t.rows[j] * k.stride[2];
-    const int64_t vb = b * v.stride[0] + h * v.stride[1] + t.rows[j] * v.stride[2];
+  // K transposed in blocks of 16 keys (contiguous 64-byte writes), V as rows
+  constexpr int kT = 16;
+  float block[kT][D];
+  for (int64_t j0 = 0; j0 < n_pad; j0 += kT) {
+    for (int jj = 0; jj < kT; ++jj) {
+      const int64_t j = j0 + jj;
+      if (j < n) {
+        load_row<D>(k, b * k.stride[0] + h * k.stride[1] + t.rows[j] * k.stride[2], block[jj]);
+        const int64_t v_offset = b * v.stride[0] + h * v.stride[1] + t.rows[j] * v.stride[2];
+        if (v_direct) {
+          v_rows[j] = static_cast<const float*>(v.data) + v_offset;
+        } else {
+          load_row<D>(v, v_offset, vv.data() + j * D);
+          v_rows[j] = vv.data() + j * D;
+        }
+      } else {
+        std::fill(block[jj], block[jj] + D, 0.0f);
+      }
+    }
     for (int d = 0; d < D; ++d) {
-      kt[d * n_pad + j] = load_elem(k.data, kb + d * k.stride[3], k.dtype);
-      vv[j * D + d] = load_elem(v.data, vb + d * v.stride[3], v.dtype);
+      float* dst = kt.data() + d * n_pad + j0;
+#pragma omp simd
+      for (int jj = 0; jj < kT; ++jj) dst[jj] = block[jj][d];
     }
   }
   scores<D>(qs.data(), rows, kt.data(), n_pad, s.data());
-  for (int m = 0; m < t.num_queries; ++m) {
+  for (int m = 0; m < rows; ++m) {
     float* row = s.data() + m * n_pad;
-    const float* add = t.additive.data() + m * n;
-    float mx = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < n; ++j) {
-      row[j] += add[j];
-      mx = std::max(mx, row[j]);
+    bool any = false;
+    if (m < num_q) {
+      const float* add = t.additive.data() + m * n;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) row[j] += add[j];
+      any = softmax_row(row, n);
     }
-    if (mx == -std::numeric_limits<float>::infinity()) {  // sees nothing: zeros
-      std::fill(row, row + n_pad, 0.0f);
-      continue;
-    }
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < n; ++j) {
-      const float e = exp_nonpositive(row[j] - mx);
-      row[j] = e;
-      sum += e;
-    }
-    const float inv = 1.0f / sum;
-    for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+    if (!any) std::fill(row, row + n_pad, 0.0f);  // padding rows and rows that see nothing: zeros
   }
-  for (int m = t.num_queries; m < rows; ++m) std::fill(s.data() + m * n_pad, s.data() + (m + 1) * n_pad, 0.0f);
-  weighted_values<D>(s.data(), rows, vv.data(), n, n_pad, o.data());
-  for (int m = 0; m < t.num_queries; ++m) {
-    const int64_t base = b * out.stride[0] + h * out.stride[1] + q_cols[m] * out.stride[2];
+  weighted_values<D>(s.data(), rows, v_rows.data(), n, n_pad, o.data());
+  for (int m = 0; m < num_q; ++m) {
+    const int64_t base = b * out.stride[0] + h * out.stride[1] + t.query_cols[m] * out.stride[2];
     for (int d = 0; d < D; ++d) store_elem(out.data, base + d * out.stride[3], out.dtype, o[m * D + d]);
   }
 }
@@ -310,9 +403,9 @@ void run_all(const std::vector<Tile>& tiles, const TensorView& q, const TensorVi
   const int64_t heads = q.shape[1];
   const int64_t tasks = static_cast<int64_t>(tiles.size()) * heads;
 #pragma omp parallel for schedule(dynamic)
-  for (int64_t task = 0; task < tasks; ++task) {
-    const Tile& t = tiles[task / heads];
-    run_tile_head<D>(t, task % heads, q, k, v, out, t.query_slot);
+  for (int64_t task = 0; task < tasks; ++task) {  // head-major: consecutive tasks reuse one head's K/V in cache
+    const int64_t num_tiles = static_cast<int64_t>(tiles.size());
+    run_tile_head<D>(tiles[task % num_tiles], task / num_tiles, q, k, v, out);
   }
 }
 

@@ -65,7 +65,7 @@ window_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const 
 
   const int tl = text_len[b];
   const float bias = text_bias[b];
-  const QueryPos qp = decode_query(q_index[b * st.qi[0] + m * st.qi[1]], tl, rule.num_given, rule.grid);
+  const QueryPos qp = decode_query(q_index[b * st.qi[0] + m * st.qi[1]], tl, rule);
   const float inv_sqrt_d = rsqrtf(static_cast<float>(D));
   const int64_t q_base = b * st.q[0] + h * st.q[1] + m * st.q[2];
   for (int d = lane; d < D; d += 32) q_shared[warp][d] = to_float(q[q_base + d * st.q[3]]) * inv_sqrt_d;
@@ -92,7 +92,7 @@ window_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const 
       add = text_add;
     } else if (row < rows) {
       const int64_t rel = row - rule.text_capacity;
-      visible = sees_frame_key(qp, static_cast<int>(rel / frame_len), static_cast<int>(rel % frame_len), rule);
+      visible = sees_frame_key(qp, static_cast<int>(rel / frame_len), cell_of(static_cast<int>(rel % frame_len), rule), rule);
     }
     if (!__any_sync(kFull, visible)) continue;
     float s = -INFINITY;

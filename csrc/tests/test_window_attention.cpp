@@ -42,7 +42,7 @@ TensorView view4(void* data, DType dt, int64_t b, int64_t h, int64_t n, int64_t 
 void reference(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v, int64_t S,
                int D, int64_t qi, int text_len, float bias, const AttentionRule& r, int64_t b, int64_t h, int64_t H,
                int64_t Q, int64_t m, float* out) {
-  const QueryPos qp = decode_query(qi, text_len, r.num_given, r.grid);
+  const QueryPos qp = decode_query(qi, text_len, r);
   std::vector<double> s(S, -INFINITY);
   double mx = -INFINITY;
   for (int64_t row = 0; row < S; ++row) {
@@ -53,7 +53,7 @@ void reference(const std::vector<float>& q, const std::vector<float>& k, const s
       add = text_biased(qp, r.temporal) ? bias : 0.0;
     } else {
       const int64_t rel = row - r.text_capacity;
-      vis = sees_frame_key(qp, static_cast<int>(rel / r.frame_len()), static_cast<int>(rel % r.frame_len()), r);
+      vis = sees_frame_key(qp, static_cast<int>(rel / r.frame_len()), cell_of(static_cast<int>(rel % r.frame_len()), r), r);
     }
     if (!vis) continue;
     double dot = 0;
@@ -179,11 +179,12 @@ int main() {
   real.grid = 20;
   real.window = 10;
   real.shift = 5;
-  const QueryPos given00 = decode_query(9, 9, 3, 20);
-  expect(sees_frame_key(given00, 2, 19 * 20 + 19, real), "cyclic window: (0,0) sees (19,19)");
-  expect(!sees_frame_key(decode_query(9 + 4 * 20 + 4, 9, 3, 20), 1, 5 * 20 + 5, real), "(4,4) does not see (5,5)");
-  const QueryPos target44 = decode_query(9 + 1200 + 4 * 20 + 4, 9, 3, 20);
-  expect(sees_frame_key(target44, 2, 0, real) && !sees_frame_key(target44, 2, 5 * 20 + 5, real),
+  const QueryPos given00 = decode_query(9, 9, real);
+  expect(sees_frame_key(given00, 2, cell_of(19 * 20 + 19, real), real), "cyclic window: (0,0) sees (19,19)");
+  expect(!sees_frame_key(decode_query(9 + 4 * 20 + 4, 9, real), 1, cell_of(5 * 20 + 5, real), real),
+         "(4,4) does not see (5,5)");
+  const QueryPos target44 = decode_query(9 + 1200 + 4 * 20 + 4, 9, real);
+  expect(sees_frame_key(target44, 2, cell_of(0, real), real) && !sees_frame_key(target44, 2, cell_of(105, real), real),
          "clamped window: (4,4) sees (0,0), not (5,5)");
 
   for (DType dt : {DType::kFloat32, DType::kBFloat16}) {

@@ -10,31 +10,50 @@ namespace cogvideo {
 
 enum QueryKind : int { kPadding = -1, kText = 0, kGiven = 1, kTarget = 2 };
 
-// A query's stream index decoded: kind, slot, block position p and its window coordinates (x, y).
-struct QueryPos {
-  int kind;
-  int slot;
+// A block position's window coordinates under one rule: raster (x, y), its cyclic window groups (given rows,
+// prefill) and its clamped window groups (target rows). The CPU kernel tabulates these once per launch.
+struct Cell {
   int p;
   int x;
   int y;
+  int cyclic_x;
+  int cyclic_y;
+  int clamped_x;
+  int clamped_y;
 };
 
 COGVIDEO_HD int positive_mod(int a, int m) { return ((a % m) + m) % m; }
 
-COGVIDEO_HD QueryPos decode_query(int64_t stream_index, int text_len, int num_given, int grid) {
-  QueryPos q{kPadding, 0, 0, 0, 0};
+COGVIDEO_HD Cell cell_of(int p, const AttentionRule& r) {
+  Cell c;
+  c.p = p;
+  c.x = p / r.grid;
+  c.y = p % r.grid;
+  c.cyclic_x = positive_mod(c.x - r.shift, r.grid) / r.window;  // roll by -shift, then partition
+  c.cyclic_y = positive_mod(c.y - r.shift, r.grid) / r.window;
+  c.clamped_x = (c.x + r.shift) / r.window;  // unrolled start/end, clipped to the frame
+  c.clamped_y = (c.y + r.shift) / r.window;
+  return c;
+}
+
+// A query's stream index decoded: kind, slot and its cell.
+struct QueryPos {
+  int kind;
+  int slot;
+  Cell cell;
+};
+
+COGVIDEO_HD QueryPos decode_query(int64_t stream_index, int text_len, const AttentionRule& r) {
+  QueryPos q{kPadding, 0, Cell{0, 0, 0, 0, 0, 0, 0}};
   if (stream_index < 0) return q;
   if (stream_index < text_len) {
     q.kind = kText;
     return q;
   }
-  const int frame_len = grid * grid;
   const int64_t rel = stream_index - text_len;
-  q.slot = static_cast<int>(rel / frame_len);
-  q.p = static_cast<int>(rel % frame_len);
-  q.x = q.p / grid;
-  q.y = q.p % grid;
-  q.kind = q.slot < num_given ? kGiven : kTarget;
+  q.slot = static_cast<int>(rel / r.frame_len());
+  q.cell = cell_of(static_cast<int>(rel % r.frame_len()), r);
+  q.kind = q.slot < r.num_given ? kGiven : kTarget;
   return q;
 }
 
@@ -44,33 +63,17 @@ COGVIDEO_HD bool text_biased(const QueryPos& q, bool temporal) {
   return temporal ? q.kind == kTarget : q.kind >= kText;
 }
 
-// Group of a cyclic (prefill, given rows) and a clamped (AR, target rows) window along one axis.
-COGVIDEO_HD int cyclic_group(int a, int grid, int window, int shift) {
-  return positive_mod(a - shift, grid) / window;
-}
-COGVIDEO_HD int clamped_group(int a, int window, int shift) { return (a + shift) / window; }
-
-// Whether a frame query sees the frame key at (k_slot, k_p) in the rule's channel.
-COGVIDEO_HD bool sees_frame_key(const QueryPos& q, int k_slot, int k_p, bool temporal, bool windowed,
-                                bool bidirectional_given, int num_given, int grid, int window, int shift) {
+// Whether a query sees the frame key in slot k_slot at cell k, in the rule's channel.
+COGVIDEO_HD bool sees_frame_key(const QueryPos& q, int k_slot, const Cell& k, const AttentionRule& r) {
   if (q.kind <= kText) return false;
   const bool same_slot = k_slot == q.slot;
-  if (!temporal) return same_slot && (k_p <= q.p || (bidirectional_given && q.kind == kGiven));
-  if (!windowed) return k_slot < q.slot || (same_slot && k_p <= q.p);
-  const int kx = k_p / grid, ky = k_p % grid;
-  if (q.kind == kGiven) {
-    return k_slot < num_given && cyclic_group(q.x, grid, window, shift) == cyclic_group(kx, grid, window, shift) &&
-           cyclic_group(q.y, grid, window, shift) == cyclic_group(ky, grid, window, shift);
-  }
-  if (same_slot && k_p == q.p) return true;
-  const bool earlier = k_slot < q.slot || (same_slot && k_p < q.p);
-  return earlier && clamped_group(q.x, window, shift) == clamped_group(kx, window, shift) &&
-         clamped_group(q.y, window, shift) == clamped_group(ky, window, shift);
-}
-
-COGVIDEO_HD bool sees_frame_key(const QueryPos& q, int k_slot, int k_p, const AttentionRule& r) {
-  return sees_frame_key(q, k_slot, k_p, r.temporal, r.windowed, r.bidirectional_given, r.num_given, r.grid,
-                        r.window, r.shift);
+  if (!r.temporal) return same_slot && (k.p <= q.cell.p || (r.bidirectional_given && q.kind == kGiven));
+  if (!r.windowed) return k_slot < q.slot || (same_slot && k.p <= q.cell.p);
+  if (q.kind == kGiven)
+    return k_slot < r.num_given && k.cyclic_x == q.cell.cyclic_x && k.cyclic_y == q.cell.cyclic_y;
+  if (same_slot && k.p == q.cell.p) return true;
+  const bool earlier = k_slot < q.slot || (same_slot && k.p < q.cell.p);
+  return earlier && k.clamped_x == q.cell.clamped_x && k.clamped_y == q.cell.clamped_y;
 }
 
 // Queries of one group share their key set (up to causality): the CPU kernel tiles queries by group.
@@ -79,11 +82,8 @@ COGVIDEO_HD int64_t query_group(const QueryPos& q, const AttentionRule& r) {
   const int64_t base = 1 + 1000000LL * q.kind;
   if (!r.temporal) return base + q.slot;  // own frame
   if (!r.windowed) return base;           // everything before the query
-  if (q.kind == kGiven) {
-    return base + 1000 * cyclic_group(q.x, r.grid, r.window, r.shift) + cyclic_group(q.y, r.grid, r.window, r.shift);
-  }
-  return base + 100000LL * q.slot + 1000 * clamped_group(q.x, r.window, r.shift) +
-         clamped_group(q.y, r.window, r.shift);
+  if (q.kind == kGiven) return base + 1000 * q.cell.cyclic_x + q.cell.cyclic_y;
+  return base + 100000LL * q.slot + 1000 * q.cell.clamped_x + q.cell.clamped_y;
 }
 
 }  // namespace cogvideo

@@ -4,7 +4,8 @@ Cases (48 heads, d = 64, 20x20 frames): stage-2 prefill of the 3 given frames, s
 and decode steps at batch 1 and 8 with 1 and 2 queries per sequence (2 = the stage-2 wavefront: one query
 in slot 3, one in slot 4). Implementations, all fed the same cache:
 
-* ``triton``  -- the fused kernel (CUDA only; the interpreter is not a speed),
+* ``triton``  -- the fused Triton kernel (CUDA only; the interpreter is not a speed),
+* ``cpu`` / ``cuda`` -- the csrc kernels (C++ with OpenMP; CUDA C++),
 * ``sdpa``    -- dense masked ``scaled_dot_product_attention`` with the rule mask (mask built outside timing),
 * ``flex``    -- FlexAttention with ``mask_mod`` / ``score_mod`` taken from the same rule functions
   (compiled on CUDA; eager on CPU), BlockMask built outside timing,
@@ -61,8 +62,9 @@ class Case:
 
 
 CASES = [
-    Case("stage2-prefill-3frames-odd", Pass.STAGE2, "temporal", 1, 9, 1, None),
-    Case("stage2-prefill-3frames-spatial", Pass.STAGE2, "spatial", 0, 9, 1, None),
+    Case("stage2-prefill-3frames-odd", Pass.STAGE2, "temporal", 1, 20, 1, None),
+    Case("stage2-prefill-3frames-even", Pass.STAGE2, "temporal", 0, 20, 1, None),
+    Case("stage2-prefill-3frames-spatial", Pass.STAGE2, "spatial", 0, 20, 1, None),
     Case("stage1-prefill-frame0", Pass.STAGE1, "temporal", 0, 20, 1, None),
     Case("stage2-decode-b1-q1", Pass.STAGE2, "temporal", 1, 9, 1, ((3, 215),)),
     Case("stage2-decode-b1-q2", Pass.STAGE2, "temporal", 1, 9, 1, ((3, 215), (4, 25))),
@@ -150,7 +152,7 @@ def run_flex(case: Case, x: Inputs):
 
     n_q, n_k = x.q.shape[2], x.k.shape[2]
     block = create_block_mask(mask_mod, case.batch, None, n_q, n_k, device=x.q.device.type)
-    fn = torch.compile(flex_attention) if x.q.is_cuda else flex_attention
+    fn = torch.compile(flex_attention)  # FlexAttention is meant to run compiled (CPU and CUDA)
     return lambda: fn(x.q, x.k, x.v, score_mod=score_mod, block_mask=block)
 
 
@@ -199,13 +201,29 @@ def run_gather(case: Case, x: Inputs):
     return step
 
 
-IMPLS = {"triton": run_triton, "sdpa": run_sdpa, "flex": run_flex, "gather": run_gather}
+def run_csrc(case: Case, x: Inputs):
+    from cogvideo_engine.kernels.csrc_ops import window_attention_csrc
+
+    rule = case.rule
+    return lambda: window_attention_csrc(x.q, x.k, x.v, x.q_index, x.text_len, x.text_bias, rule)
+
+
+IMPLS = {"triton": run_triton, "cuda": run_csrc, "cpu": run_csrc, "sdpa": run_sdpa, "flex": run_flex,
+         "gather": run_gather}
 
 
 def applicable(impl: str, case: Case, device: str) -> str | None:
     """None if ``impl`` runs for ``case`` on ``device``, else the reason it is skipped."""
     if impl == "triton" and device != "cuda":
         return "the Triton kernel runs on CUDA only (the CPU interpreter is not a speed)"
+    if impl in ("cpu", "cuda"):
+        from cogvideo_engine.kernels.csrc_ops import csrc_status
+
+        if impl != device:
+            return f"the {impl} kernel runs on {impl} tensors"
+        ok, why = csrc_status(impl)
+        if not ok:
+            return why
     if impl == "gather" and not case.decode:
         return "the original code's gather path is a decode path"
     return None

@@ -67,9 +67,20 @@ def time_fn(fn, device: str, reps: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
+def gemm_row(env: dict, device: str, dtype: torch.dtype, reps: int) -> dict:
+    """The machine's own matmul rate (large square, this dtype): the ceiling useful FLOP/s is read against."""
+    n = 4096 if device == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = time_fn(lambda: a @ b, device, reps)
+    return {**env, "bench": "gemm", "case": f"matmul-{n}", "impl": "torch.matmul",
+            "dtype": str(dtype).removeprefix("torch."), "seconds": seconds,
+            "useful_tflops": 2 * n ** 3 / seconds / 1e12}
+
+
 def run(device: str, dtype: torch.dtype, reps: int, impls: list[str], case_names: list[str] | None) -> list[dict]:
     env = environment(device)
-    rows = []
+    rows = [gemm_row(env, device, dtype, reps)]
     for case in CASES:
         if case_names and case.name not in case_names:
             continue
@@ -102,6 +113,10 @@ def run(device: str, dtype: torch.dtype, reps: int, impls: list[str], case_names
 def print_table(rows: list[dict]):
     print(f"{'case':32s} {'impl':7s} {'ms':>9s} {'TFLOP/s':>8s} {'GB/s':>8s}  note")
     for r in rows:
+        if r["bench"] == "gemm":
+            print(f"{r['case']:32s} {'matmul':7s} {r['seconds'] * 1e3:9.3f} {r['useful_tflops']:8.3f} {'':>8s}  "
+                  "ceiling: the machine's matmul rate")
+            continue
         if "skipped" in r:
             print(f"{r['case']:32s} {r['impl']:7s} {'-':>9s} {'-':>8s} {'-':>8s}  {r['skipped']}")
         else:

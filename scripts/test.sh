@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
-# The test suite (CPU only). Extra arguments go to pytest. A run that collects no tests fails (exit 5).
+# The test suite (CPU only): builds and installs the package (the C++ kernels, and the CUDA kernels
+# compile-only where nvcc exists), runs the C++ tests (ctest), then pytest. Extra arguments go to pytest.
+# A pytest run that collects no tests fails (exit 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
+if [ -d build/cmake ]; then
+    ctest --test-dir build/cmake --output-on-failure
+else
+    echo "test.sh: no C++ build tree (COGVIDEO_NO_EXT=1?): ctest skipped" >&2
+fi
 exec .venv/bin/python -m pytest -q "$@"

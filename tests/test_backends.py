@@ -11,15 +11,19 @@ from cogvideo_engine.scoring import stream_input_ids
 
 from conftest import SMALL_BOI, SMALL_GEOMETRY, small_model
 
-triton_ready = {s.name: s for s in backend_status("cuda" if torch.cuda.is_available() else "cpu")}["triton"]
+_device = "cuda" if torch.cuda.is_available() else "cpu"
+triton_ready = {s.name: s for s in backend_status(_device)}["triton"]
 needs_triton = pytest.mark.skipif(not triton_ready.available, reason=f"triton backend: {triton_ready.reason}")
+cpu_ready = {s.name: s for s in backend_status("cpu")}["cpu"]
+needs_cpu = pytest.mark.skipif(not cpu_ready.available, reason=f"cpu backend: {cpu_ready.reason}")
 
 
 def test_registry_names_and_reasons(monkeypatch):
-    assert default_backend("cpu") == "reference"
+    status = {s.name: s for s in backend_status("cpu")}
+    assert default_backend("cpu") == ("cpu" if status["cpu"].available else "reference")
     with pytest.raises(ValueError, match="unknown attention backend 'flash'"):
         get_backend("flash")
-    with pytest.raises(ValueError, match="'cuda' cannot run on cpu: the csrc CUDA kernels are not built"):
+    with pytest.raises(ValueError, match="'cuda' cannot run on cpu: the cuda kernel runs on cuda tensors"):
         get_backend("cuda", "cpu")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     status = {s.name: s for s in backend_status("cpu")}
@@ -40,9 +44,7 @@ def test_triton_op_registration_passes_opcheck():
     torch.library.opcheck(torch.ops.cogvideo_engine.window_attention_triton.default, args)
 
 
-@needs_triton
-@pytest.mark.parametrize("pass_", list(Pass))
-def test_model_on_triton_matches_the_reference(pass_):
+def _model_matches_reference(pass_, backend):
     model = small_model(pass_.model_stage)
     gen = torch.Generator().manual_seed(1)
     layout = StreamLayout(pass_, 4, pass_.max_targets, SMALL_GEOMETRY)
@@ -51,15 +53,58 @@ def test_model_on_triton_matches_the_reference(pass_):
                            torch.randint(0, 20000, (2, layout.num_given, frame), generator=gen),
                            torch.randint(0, 20000, (2, layout.num_targets, frame), generator=gen), SMALL_BOI)
     ref = model.forward_full(ids, layout, 1.4, backend="reference")
-    fused = model.forward_full(ids, layout, 1.4, backend="triton")
+    fused = model.forward_full(ids, layout, 1.4, backend=backend)
     torch.testing.assert_close(fused, ref, atol=1e-4, rtol=1e-4)
     # and the cached step path: prefill then a few decode steps
     cache_r, cache_t = model.new_cache(layout, 2), model.new_cache(layout, 2)
     ctx = layout.context_len
     for lo, hi in [(0, ctx), (ctx, ctx + 1), (ctx + 1, ctx + 2)]:
         a = model.extend(cache_r, ids[:, lo:hi], range(lo, hi), 1.4, backend="reference")
-        b = model.extend(cache_t, ids[:, lo:hi], range(lo, hi), 1.4, backend="triton")
+        b = model.extend(cache_t, ids[:, lo:hi], range(lo, hi), 1.4, backend=backend)
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+@needs_triton
+@pytest.mark.parametrize("pass_", list(Pass))
+def test_model_on_triton_matches_the_reference(pass_):
+    _model_matches_reference(pass_, "triton")
+
+
+@needs_cpu
+@pytest.mark.parametrize("pass_", list(Pass))
+def test_model_on_cpu_kernel_matches_the_reference(pass_):
+    _model_matches_reference(pass_, "cpu")
+
+
+@needs_cpu
+def test_csrc_op_registration_passes_opcheck():
+    from cogvideo_engine.kernels.ops import rule_args
+
+    rule = AttentionRule(Pass.STAGE2, "temporal", 1, SMALL_GEOMETRY, text_capacity=3)
+    q = torch.randn(2, 2, 5, 16)
+    k, v = torch.randn(2, 2, rule.cache_len, 16), torch.randn(2, 2, rule.cache_len, 16)
+    lay = StreamLayout(Pass.STAGE2, 3, 2, SMALL_GEOMETRY)
+    q_index = torch.tensor([[0, lay.index(0, 5), lay.index(2, 15), lay.index(3, 3), lay.index(4, 0)]] * 2)
+    args = (q, k, v, q_index, torch.tensor([3, 2]), torch.tensor([1.4, 0.0]), *rule_args(rule))
+    torch.library.opcheck(torch.ops.cogvideo_engine.window_attention_csrc.default, args)
+
+
+@needs_cpu
+def test_golden_first_frame_on_the_cpu_kernel(golden_dir):
+    """The golden first-frame pass through the C++ kernel: the same logits as the original code."""
+    import numpy as np
+
+    import cogvideo_engine
+    from test_golden import golden_inputs
+
+    z = dict(np.load(golden_dir / "stage1_first_frame.npz"))
+    model = cogvideo_engine.load_model(golden_dir / "cogvideo-stage1")
+    text, given, targets = golden_inputs(z, 0)
+    out = cogvideo_engine.teacher_forced_logits(model, "stage1-first-frame", text, given, targets, text_bias=1.4,
+                                                backend="cpu")
+    sub = torch.from_numpy(z["subset"])
+    assert (out.logits.transpose(0, 1)[..., sub] - torch.from_numpy(z["step_sub"])).abs().max() <= 1e-3
+    assert (out.prefill_logits[..., sub] - torch.from_numpy(z["prefill_sub"])).abs().max() <= 1e-3
 
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

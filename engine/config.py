@@ -33,6 +33,8 @@ class ModelConfig:
     stage: int = 1
     layernorm_epsilon: float = 1e-5
     geometry: FrameGeometry = field(default_factory=FrameGeometry)
+    stage1_windowed: bool = False
+    """The paper's stage-1 design (3-D Swin temporal windows); the released stage-1 checkpoint is full causal."""
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
@@ -92,7 +94,15 @@ class ModelConfig:
                    max_sequence_length=cfg.get("max_sequence_length", 1024),
                    additional_seqlen=cfg.get("additional_seqlen", 2000),
                    inner_hidden_size=cfg.get("inner_hidden_size"), stage=cfg.get("cogvideo_stage", 1),
-                   geometry=geometry)
+                   geometry=geometry, stage1_windowed=bool(cfg.get("engine_stage1_windowed", False)))
+
+    def layout(self, pass_, text_len: int, num_targets: int):
+        """The :class:`StreamLayout` of one stream of ``pass_`` on this model."""
+        from cogvideo_engine.kernels.rules import Pass, StreamLayout
+
+        pass_ = Pass.parse(pass_)
+        return StreamLayout(pass_, text_len, num_targets, self.geometry,
+                            stage1_windowed=self.stage1_windowed and pass_ is Pass.STAGE1)
 
     def to_sat_json(self) -> dict[str, Any]:
         """The ``model_config.json`` SwissArmyTransformer writes for this model."""
@@ -108,6 +118,8 @@ class ModelConfig:
         }
         if self.inner_hidden_size is not None:
             cfg["inner_hidden_size"] = self.inner_hidden_size
+        if self.stage1_windowed:
+            cfg["engine_stage1_windowed"] = True
         extra = {k: v for k, v in dataclasses.asdict(g).items()
                  if k not in ("grid", "num_slots") and getattr(FrameGeometry(), k) != v}
         if extra:  # only small test models change these; SAT ignores unknown keys

@@ -20,7 +20,7 @@ from torch import nn
 from cogvideo_engine.kernels.layout import AttentionRule
 from cogvideo_engine.kernels.masks import ChannelMask, spatial_mask, temporal_mask
 from cogvideo_engine.kernels.registry import WindowAttentionFn, get_backend
-from cogvideo_engine.kernels.rules import StreamLayout
+from cogvideo_engine.kernels.rules import Pass, StreamLayout
 
 from .config import NUM_IMAGE_TOKENS, ModelConfig
 
@@ -112,7 +112,8 @@ class KVCache:
 
     def rule(self, channel: str, layer_id: int) -> AttentionRule:
         return AttentionRule.for_layer(self.layout.pass_, channel, layer_id, self.layout.geometry,
-                                       text_capacity=self.layout.text_len)
+                                       text_capacity=self.layout.text_len,
+                                       stage1_windowed=self.layout.stage1_windowed)
 
     def write(self, channel: int, layer_id: int, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         self.k[channel][layer_id][:, :, index] = k
@@ -183,6 +184,8 @@ class CogVideoModel(nn.Module):
         p = next(self.parameters())
         if layout.geometry != self.config.geometry:
             raise ValueError(f"layout geometry {layout.geometry} differs from the model's {self.config.geometry}")
+        if layout.stage1_windowed != (self.config.stage1_windowed and layout.pass_ is Pass.STAGE1):
+            raise ValueError("layout.stage1_windowed must match the model config (use model.config.layout)")
         return KVCache(self.config, layout, batch_size, dtype=p.dtype, device=p.device)
 
     @torch.no_grad()

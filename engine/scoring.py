@@ -128,7 +128,7 @@ def teacher_forced_logits(model: CogVideoModel, stage: Pass | str, text_ids: tor
 
     device = model.transformer.word_embeddings.weight.device
     n_target = target_frames.shape[1]
-    layout = StreamLayout(pass_, text_ids.shape[1], n_target, geometry)
+    layout = model.config.layout(pass_, text_ids.shape[1], n_target)
     ids = stream_input_ids(layout, text_ids, given_frames, target_frames, boi_id).to(device)
     total = (layout.length - layout.context_len) * (1 if guider_text_ids is None else 2)
     prefill, logits, done = _run_stream(model, layout, ids, text_bias, text_bias, progress, 0, total, backend)
@@ -136,7 +136,7 @@ def teacher_forced_logits(model: CogVideoModel, stage: Pass | str, text_ids: tor
                               frame_len=geometry.frame_len)
     if guider_text_ids is not None:
         _check_ids("guider_text_ids", guider_text_ids, 2, vocab, batch)
-        g_layout = StreamLayout(pass_, guider_text_ids.shape[1], n_target, geometry)
+        g_layout = model.config.layout(pass_, guider_text_ids.shape[1], n_target)
         g_ids = stream_input_ids(g_layout, guider_text_ids, given_frames, target_frames, boi_id).to(device)
         out.guider_prefill_logits, out.guider_logits, _ = _run_stream(model, g_layout, g_ids, text_bias, 0.0,
                                                                       progress, done, total, backend)

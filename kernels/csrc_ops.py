@@ -42,6 +42,7 @@ def window_attention_csrc(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_i
     """Same contract as :func:`cogvideo_engine.kernels.reference.window_attention`, on q's device."""
     if _C is None:
         raise RuntimeError(f"the csrc backends need cogvideo_engine._C: {_IMPORT_ERROR}")
+    rule.require_released_rules(q.device.type)
     device = q.device
     for name, t in (("k", k), ("v", v), ("q_index", q_index)):
         if t.device != device:
@@ -84,5 +85,6 @@ def window_attention_csrc_op(q, k, v, q_index, text_len, text_bias, rule: Attent
     """The csrc kernel through its registered op."""
     from .ops import rule_args
 
+    rule.require_released_rules(q.device.type)
     return torch.ops.cogvideo_engine.window_attention_csrc(q, k, v, q_index, text_len, text_bias,
                                                            *rule_args(rule))

@@ -41,6 +41,7 @@ class AttentionRule:
     layer_parity: int
     geometry: FrameGeometry
     text_capacity: int
+    stage1_windowed: bool = False  # the paper's windowed stage 1 (StreamLayout.stage1_windowed); reference only
 
     def __post_init__(self):
         object.__setattr__(self, "pass_", Pass.parse(self.pass_))
@@ -53,8 +54,8 @@ class AttentionRule:
 
     @classmethod
     def for_layer(cls, pass_: Pass | str, channel: str, layer_id: int, geometry: FrameGeometry,
-                  text_capacity: int) -> "AttentionRule":
-        return cls(Pass.parse(pass_), channel, layer_id % 2, geometry, text_capacity)
+                  text_capacity: int, stage1_windowed: bool = False) -> "AttentionRule":
+        return cls(Pass.parse(pass_), channel, layer_id % 2, geometry, text_capacity, stage1_windowed)
 
     @property
     def temporal(self) -> bool:
@@ -62,8 +63,14 @@ class AttentionRule:
 
     @property
     def windowed(self) -> bool:
-        """Stage-2 temporal channel: 3-D Swin windows (else stage-1 full causal)."""
-        return self.temporal and self.pass_ is Pass.STAGE2
+        """Temporal channel with 3-D Swin windows (stage 2, or a windowed stage 1), else full causal."""
+        return self.temporal and (self.pass_ is Pass.STAGE2 or self.stage1_windowed)
+
+    def require_released_rules(self, backend: str):
+        """Fused kernels implement the released models' rules; the windowed stage 1 is reference-only."""
+        if self.stage1_windowed:
+            raise NotImplementedError(f"the {backend} backend does not implement the windowed stage-1 rules; "
+                                      f"use backend='reference'")
 
     @property
     def bidirectional_given(self) -> bool:

@@ -38,5 +38,6 @@ def rule_args(rule: AttentionRule) -> tuple:
 
 def window_attention_triton_op(q, k, v, q_index, text_len, text_bias, rule: AttentionRule) -> torch.Tensor:
     """The Triton kernel through its registered op (same contract as ``reference.window_attention``)."""
+    rule.require_released_rules("triton")
     return torch.ops.cogvideo_engine.window_attention_triton(q, k, v, q_index, text_len, text_bias,
                                                              *rule_args(rule))

@@ -31,7 +31,7 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive:
 def rule_additive(rule: AttentionRule, q_index: torch.Tensor, text_len: int, text_bias: float,
                   cache_len: int) -> torch.Tensor:
     """``[Q, cache_len]`` additive mask of one sequence: ``-inf`` on hidden rows, the bias on biased text keys."""
-    layout = StreamLayout(rule.pass_, text_len, rule.pass_.max_targets, rule.geometry)
+    layout = StreamLayout(rule.pass_, text_len, rule.pass_.max_targets, rule.geometry, rule.stage1_windowed)
     key, key_valid = stream_index_of_row(torch.arange(cache_len, device=q_index.device), text_len,
                                          rule.text_capacity)
     q = q_index.clamp(min=0)

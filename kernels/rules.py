@@ -143,9 +143,14 @@ class StreamLayout:
     text_len: int
     num_targets: int
     geometry: FrameGeometry = FrameGeometry()
+    stage1_windowed: bool = False
+    """The paper's design for stage 1 (3-D Swin temporal windows instead of full causal attention): target
+    and given rows both use the clamped causal window rule. The released stage-1 checkpoint does not."""
 
     def __post_init__(self):
         object.__setattr__(self, "pass_", Pass.parse(self.pass_))
+        if self.stage1_windowed and self.pass_ is not Pass.STAGE1:
+            raise ValueError("stage1_windowed applies to the 'stage1' pass only")
         g = self.geometry
         limit = g.max_text_len if self.pass_ is not Pass.FIRST_FRAME else g.frame_position_base
         if not 1 <= self.text_len <= limit:
@@ -161,6 +166,11 @@ class StreamLayout:
     @property
     def num_given(self) -> int:
         return self.pass_.num_given
+
+    @property
+    def temporal_windowed(self) -> bool:
+        """Whether the temporal channel uses 3-D Swin windows (stage 2, or a windowed stage-1 model)."""
+        return self.pass_ is Pass.STAGE2 or self.stage1_windowed
 
     @property
     def num_slots(self) -> int:
@@ -250,22 +260,25 @@ class StreamLayout:
         frame_q = kq != TEXT
         text_key = frame_q & (kk == TEXT)
         frame_pair = frame_q & (kk != TEXT)
-        if self.pass_ is not Pass.STAGE2:  # full causal over frame positions in stream order
+        if not self.temporal_windowed:  # stage 1: full causal over frame positions in stream order
             return text_key | (frame_pair & (k <= q))
         g = self.geometry
         s = self.layer_shift(layer_id)
         w = g.window
         qx, qy = self.block_pos(q) // g.grid, self.block_pos(q) % g.grid
         kx, ky = self.block_pos(k) // g.grid, self.block_pos(k) % g.grid
-        # given rows: cyclic windows over the given slots, bidirectional
-        cyclic = (((qx - s) % g.grid) // w == ((kx - s) % g.grid) // w) & \
-                 (((qy - s) % g.grid) // w == ((ky - s) % g.grid) // w)
-        given_rule = (kq == GIVEN) & (kk == GIVEN) & cyclic
-        # target rows: clamped windows, every earlier slot, causal in the own slot
+        # clamped windows, every earlier slot, causal in the own slot, and self (AR rows; stage-1 given rows)
         clamped = ((qx + s) // w == (kx + s) // w) & ((qy + s) // w == (ky + s) // w)
         earlier_slot = self.slot(k) < self.slot(q)
         own_slot_before = (self.slot(k) == self.slot(q)) & (self.block_pos(k) < self.block_pos(q))
-        target_rule = (kq == TARGET) & ((clamped & (earlier_slot | own_slot_before)) | (k == q))
+        causal_window = (clamped & (earlier_slot | own_slot_before)) | (k == q)
+        target_rule = (kq == TARGET) & causal_window
+        if self.pass_ is Pass.STAGE2:  # given rows: cyclic windows over the given slots, bidirectional
+            cyclic = (((qx - s) % g.grid) // w == ((kx - s) % g.grid) // w) & \
+                     (((qy - s) % g.grid) // w == ((ky - s) % g.grid) // w)
+            given_rule = (kq == GIVEN) & (kk == GIVEN) & cyclic
+        else:
+            given_rule = (kq == GIVEN) & causal_window
         return text_key | (frame_pair & (given_rule | target_rule))
 
     def temporal_text_bias(self, q):

@@ -211,6 +211,7 @@ def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
     """
     if triton is None:
         raise RuntimeError("the triton backend needs the triton package")
+    rule.require_released_rules("triton")
     _check_inputs(q, k, v, q_index, text_len, text_bias, rule)
     b, h, n_q, d = q.shape
     out = torch.empty_like(q)

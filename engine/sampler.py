@@ -1,0 +1,138 @@
+"""CogVideo's cluster sampler (SPEC.md §5.1) with randomness keyed by what is being sampled.
+
+Per token: ``logits / temperature``; per-cluster probability mass over the 500 token clusters; one of the
+``top_k`` heaviest clusters drawn in proportion to its mass; then a token of that cluster drawn from
+``softmax(logits / temperature / temperature2)`` restricted to it. Classifier-free guidance is applied to the
+logits before (``guider + (cond - guider) * alpha``), by the caller.
+
+Randomness: each draw uses two uniforms derived from a key -- (seed, sample, pass, round, window, slot,
+position) -- by a counter-based hash, and inverse-CDF sampling. The same logits and key give the same token,
+however the positions are batched or scheduled (wavefront or sequential) and whatever else shares the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import NUM_IMAGE_TOKENS
+
+MASKED = -65504.0  # the original's fill value for tokens outside the chosen cluster
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampler settings; ``top_k`` counts clusters, not tokens."""
+
+    temperature: float = 1.05
+    top_k: int = 12
+    temperature2: float = 0.89
+
+    def __post_init__(self):
+        if self.temperature <= 0 or self.temperature2 <= 0:
+            raise ValueError("temperatures must be positive")
+        if self.top_k < 1:
+            raise ValueError("top_k (clusters) must be >= 1")
+
+
+FIRST_FRAME_SAMPLING = SamplingParams(temperature=1.0, top_k=16, temperature2=0.89)
+"""The shipped first-frame (CogView2 path) settings."""
+VIDEO_SAMPLING = SamplingParams(temperature=1.05, top_k=12, temperature2=0.89)
+"""The shipped settings for every other video token (``scripts/inference_cogvideo_pipeline.sh``)."""
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def keyed_uniforms(key: tuple[int, ...], count: int = 2) -> list[float]:
+    """``count`` uniforms in [0, 1) that depend only on ``key`` (a tuple of ints)."""
+    h = 0x243F6A8885A308D3
+    for part in key:
+        h = _splitmix64(h ^ (int(part) & _MASK64))
+    out = []
+    for i in range(count):
+        h = _splitmix64(h ^ (i + 1))
+        out.append((h >> 11) * (1.0 / (1 << 53)))
+    return out
+
+
+class ClusterSampler:
+    """Samples image tokens with CogVideo's cluster strategy.
+
+    cluster_labels: ``LongTensor[20000]`` with values ``0..num_clusters-1`` (``cluster_label2.npy``: 500).
+    """
+
+    def __init__(self, cluster_labels: torch.Tensor):
+        labels = torch.as_tensor(cluster_labels).long().flatten()
+        if labels.numel() != NUM_IMAGE_TOKENS:
+            raise ValueError(f"cluster labels must cover the {NUM_IMAGE_TOKENS} image tokens, got {labels.numel()}")
+        if int(labels.min()) < 0:
+            raise ValueError("cluster labels must be non-negative")
+        self.labels = labels
+        self.num_clusters = int(labels.max()) + 1
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ClusterSampler":
+        """Load ``cluster_label2.npy`` (int64[20000], values 0..499) -- a model asset the user provides."""
+        import numpy as np
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"cluster label file {path} not found: CogVideo's sampler needs "
+                                    f"cluster_label2.npy (int64[20000], from the CogVideo release)")
+        return cls(torch.from_numpy(np.load(path, allow_pickle=False)))
+
+    def cluster_mass(self, logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+        """``[N, num_clusters]`` probability mass of each cluster under ``softmax(logits / temperature)``."""
+        if params.top_k > self.num_clusters:
+            raise ValueError(f"top_k ({params.top_k} clusters) exceeds the {self.num_clusters} clusters")
+        probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+        labels = self.labels.to(logits.device).expand_as(probs)
+        return torch.zeros(probs.shape[0], self.num_clusters, device=logits.device).scatter_add_(1, labels, probs)
+
+    def token_distribution(self, logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+        """``[N, 20000]`` exact probability of each token under the two-stage draw (for tests and scoring)."""
+        mass = self.cluster_mass(logits, params)
+        top_mass, top_clusters = mass.topk(params.top_k, dim=-1)
+        pick = torch.zeros_like(mass).scatter_(1, top_clusters, top_mass / top_mass.sum(-1, keepdim=True))
+        scaled = logits.float() / params.temperature / params.temperature2
+        labels = self.labels.to(logits.device)
+        out = torch.zeros_like(scaled)
+        for c in range(self.num_clusters):  # within-cluster softmax, weighted by the cluster's pick chance
+            member = labels == c
+            if bool((pick[:, c] > 0).any()):
+                out[:, member] = torch.softmax(scaled[:, member], dim=-1) * pick[:, c:c + 1]
+        return out
+
+    def sample(self, logits: torch.Tensor, params: SamplingParams, keys: list[tuple[int, ...]]) -> torch.Tensor:
+        """One token per row of ``logits [N, 20000]`` (fp32, guidance already applied), row ``i`` drawn with
+        the uniforms of ``keys[i]``. Returns ``LongTensor[N]``."""
+        if logits.dim() != 2 or logits.shape[1] != NUM_IMAGE_TOKENS:
+            raise ValueError(f"logits must be [N, {NUM_IMAGE_TOKENS}], got {tuple(logits.shape)}")
+        if len(keys) != logits.shape[0]:
+            raise ValueError(f"{logits.shape[0]} rows but {len(keys)} keys")
+        u = torch.tensor([keyed_uniforms(k) for k in keys], dtype=torch.float64, device=logits.device)
+        scaled = logits.float() / params.temperature
+        mass = self.cluster_mass(logits, params)
+        top_mass, top_clusters = mass.topk(params.top_k, dim=-1)
+        cdf = (top_mass / top_mass.sum(-1, keepdim=True)).double().cumsum(-1)
+        pick = torch.searchsorted(cdf, u[:, :1].contiguous(), right=True).clamp(max=params.top_k - 1)
+        chosen = top_clusters.gather(1, pick)  # [N, 1]
+        labels = self.labels.to(logits.device)
+        masked = torch.where(labels[None, :] == chosen, scaled, torch.full_like(scaled, MASKED))
+        probs = torch.softmax(masked / params.temperature2, dim=-1).double()
+        token = torch.searchsorted(probs.cumsum(-1), u[:, 1:].contiguous(), right=True).clamp(max=NUM_IMAGE_TOKENS - 1)
+        # guard the cdf's rounding tail: never return a token outside the chosen cluster
+        outside = labels[token.squeeze(1)] != chosen.squeeze(1)
+        if bool(outside.any()):
+            fallback = torch.where(labels[None, :] == chosen, probs, torch.zeros_like(probs)).argmax(-1)
+            token = torch.where(outside[:, None], fallback[:, None], token)
+        return token.squeeze(1)

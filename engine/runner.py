@@ -1,0 +1,196 @@
+"""The model runner: fused weights, a static KV cache in the kernels' layout, rows with their own text length.
+
+What the reference model computes (:mod:`.model`), arranged for speed:
+
+* both channels' QKV projections read the same LN'd input: one GEMM with concatenated weights;
+* frame rows of video passes mix ``alpha * dense_base(cs) + (1 - alpha) * dense_plus(ct)``: one GEMM over
+  ``[cs | ct]`` with alpha folded into the weights (text rows and the first-frame pass use dense_base alone);
+* the KV cache is allocated once per batch in the layout of :mod:`cogvideo_engine.kernels.layout` -- a fixed
+  text region of ``text_capacity`` rows, then every slot at a fixed offset -- so rows with different text
+  lengths (the guided cond and uncond streams, different prompts) share every forward, frames aligned;
+* attention goes through a backend by name (``reference``, ``triton``, ``cpu``, ``cuda``).
+
+A forward feeds, for every row, the same frame positions (slot, block position); in the prefill each row
+feeds its own text (padded to ``text_capacity`` with ignored queries) and the given frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cogvideo_engine.kernels.layout import AttentionRule
+from cogvideo_engine.kernels.registry import get_backend
+from cogvideo_engine.kernels.rules import Pass, StreamLayout
+
+from .model import CogVideoModel, gelu_tanh
+
+
+@dataclass
+class _LayerWeights:
+    qkv_w: torch.Tensor  # [6h, h]: base Q|K|V then attention-plus Q|K|V
+    qkv_b: torch.Tensor
+    base_out_w: torch.Tensor  # [h, h]
+    base_out_b: torch.Tensor
+    mixed_out_w: torch.Tensor  # [h, 2h]: [alpha * W_base | (1 - alpha) * W_plus]
+    mixed_out_b: torch.Tensor
+
+
+class StaticCache:
+    """K/V of both channels for a batch of rows, ``[layers, B, rows + 1, H, d]`` per channel and K/V.
+
+    Row ``text_capacity + frame_len * slot + p`` holds slot ``slot``, block position ``p``; text token ``j``
+    of batch row ``b`` sits at row ``j`` (rows ``text_len[b]..text_capacity-1`` unused). The extra last row
+    absorbs the writes of padded queries. Kernels read it through a ``[B, H, rows, d]`` strided view.
+    """
+
+    def __init__(self, runner: "ModelRunner", layouts: list[StreamLayout], dtype, device):
+        cfg = runner.model.config
+        first = layouts[0]
+        self.layouts = layouts
+        self.pass_ = first.pass_
+        self.text_capacity = max(lay.text_len for lay in layouts)
+        self.text_len = torch.tensor([lay.text_len for lay in layouts], device=device)
+        self.rule_template = AttentionRule(first.pass_, "spatial", 0, first.geometry, self.text_capacity,
+                                           first.stage1_windowed)
+        rows = self.rule_template.cache_len
+        shape = (cfg.num_layers, len(layouts), rows + 1, cfg.num_attention_heads, cfg.head_dim)
+        channels = 2 if first.pass_.mixes_temporal else 1
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(channels)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(channels)]
+        self.scratch_row = rows
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    def rule(self, channel: str, layer_id: int) -> AttentionRule:
+        t = self.rule_template
+        return AttentionRule(t.pass_, channel, layer_id % 2, t.geometry, t.text_capacity, t.stage1_windowed)
+
+    def view(self, channel: int, layer_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.k[channel][layer_id].transpose(1, 2)[:, :, :-1],
+                self.v[channel][layer_id].transpose(1, 2)[:, :, :-1])
+
+
+class ModelRunner:
+    """Runs a :class:`CogVideoModel` with fused weights and a static cache (see the module docstring)."""
+
+    def __init__(self, model: CogVideoModel, backend: str | None = None):
+        self.model = model
+        cfg = model.config
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.backend = backend
+        self.attend = get_backend(backend, self.device)
+        plus = model.mixins["attention_plus"]
+        self.layers = []
+        with torch.no_grad():
+            for i, layer in enumerate(model.transformer.layers):
+                alpha = torch.sigmoid(plus.attn_distribution[i].float())
+                base_w, base_b = layer.attention.dense.weight, layer.attention.dense.bias
+                plus_w, plus_b = plus.dense[i].weight, plus.dense[i].bias
+                self.layers.append(_LayerWeights(
+                    qkv_w=torch.cat([layer.attention.query_key_value.weight, plus.query_key_value[i].weight]),
+                    qkv_b=torch.cat([layer.attention.query_key_value.bias, plus.query_key_value[i].bias]),
+                    base_out_w=base_w, base_out_b=base_b,
+                    mixed_out_w=torch.cat([alpha[:, None] * base_w.float(), (1 - alpha)[:, None] * plus_w.float()],
+                                          dim=1).to(p.dtype),
+                    mixed_out_b=(alpha * base_b.float() + (1 - alpha) * plus_b.float()).to(p.dtype)))
+        self.hidden = cfg.hidden_size
+        self.heads = cfg.num_attention_heads
+        self.head_dim = cfg.head_dim
+
+    def new_cache(self, layouts: list[StreamLayout]) -> StaticCache:
+        """A cache for one row per layout; all rows share the pass, the number of targets and the geometry."""
+        first = layouts[0]
+        for lay in layouts:
+            if (lay.pass_, lay.num_targets, lay.geometry, lay.stage1_windowed) != \
+                    (first.pass_, first.num_targets, first.geometry, first.stage1_windowed):
+                raise ValueError("rows of one cache must share the pass, targets, geometry and temporal rule")
+        return StaticCache(self, layouts, self.dtype, self.device)
+
+    # -- inputs -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def frame_index(cache: StaticCache, positions: list[tuple[int, int]]) -> torch.Tensor:
+        """``[B, n]`` stream index of each row at frame positions (slot, block position)."""
+        frame_len = cache.layouts[0].geometry.frame_len
+        rel = torch.tensor([frame_len * s + p for s, p in positions], device=cache.text_len.device)
+        return cache.text_len[:, None] + rel[None, :]
+
+    def prefill(self, cache: StaticCache, text_ids: list[torch.Tensor], given_ids: torch.Tensor,
+                text_bias: torch.Tensor, *, logits: bool = False) -> torch.Tensor | None:
+        """Feed each row's text (``text_ids[b]``: its own length) and the given blocks ``given_ids [B, n, F]``
+        (already BOI-shifted: ``[BOI, token 0..F-2]``). Returns ``[B, text_capacity + F * n, V]`` logits if
+        asked (rows of padded text positions are meaningless)."""
+        b = len(cache.layouts)
+        cap = cache.text_capacity
+        frame_len = cache.layouts[0].geometry.frame_len
+        n_given = given_ids.shape[1]
+        text = torch.zeros(b, cap, dtype=torch.long, device=self.device)
+        q_text = torch.full((b, cap), -1, dtype=torch.long, device=self.device)
+        for i, t in enumerate(text_ids):
+            text[i, :t.numel()] = t.to(self.device)
+            q_text[i, :t.numel()] = torch.arange(t.numel(), device=self.device)
+        positions = [(s, p) for s in range(n_given) for p in range(frame_len)]
+        ids = torch.cat([text, given_ids.reshape(b, -1).to(self.device)], dim=1)
+        q_index = torch.cat([q_text, self.frame_index(cache, positions)], dim=1) if positions else q_text
+        return self._forward(cache, ids, q_index, text_bias, logits)
+
+    def step(self, cache: StaticCache, positions: list[tuple[int, int]], input_ids: torch.Tensor,
+             text_bias: torch.Tensor) -> torch.Tensor:
+        """Feed frame positions (the same for every row) with ``input_ids [B, n]``; logits ``[B, n, V]``."""
+        return self._forward(cache, input_ids.to(self.device), self.frame_index(cache, positions), text_bias, True)
+
+    # -- the forward --------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _forward(self, cache: StaticCache, ids: torch.Tensor, q_index: torch.Tensor, text_bias: torch.Tensor,
+                 want_logits: bool) -> torch.Tensor | None:
+        model = self.model
+        b, n = ids.shape
+        valid = q_index >= 0
+        safe = q_index.clamp(min=0)
+        layouts = cache.layouts
+        position = torch.stack([lay.position_id(safe[i]) for i, lay in enumerate(layouts)])
+        is_frame = safe >= cache.text_len[:, None]
+        rows = torch.where(is_frame, safe - cache.text_len[:, None] + cache.text_capacity, safe)
+        rows = torch.where(valid, rows, torch.full_like(rows, cache.scratch_row))
+        batch_idx = torch.arange(b, device=self.device)[:, None]
+        mixes = (is_frame & valid)[..., None] if cache.pass_.mixes_temporal else None
+        text_bias = text_bias.to(self.device, torch.float32)
+        meta = (q_index, cache.text_len, text_bias)
+
+        x = model.transformer.word_embeddings(ids) + model.position_embeddings(position)
+        h = self.hidden
+        channels = 2 if cache.pass_.mixes_temporal else 1
+        for layer_id, (layer, w) in enumerate(zip(model.transformer.layers, self.layers)):
+            a = layer.input_layernorm(x)
+            qkv = F.linear(a, w.qkv_w[:3 * h * channels], w.qkv_b[:3 * h * channels])
+            contexts = []
+            for channel in range(channels):
+                q, k, v = qkv[..., 3 * h * channel: 3 * h * (channel + 1)].split(h, dim=-1)
+                cache.k[channel][layer_id][batch_idx, rows] = k.view(b, n, self.heads, self.head_dim)
+                cache.v[channel][layer_id][batch_idx, rows] = v.view(b, n, self.heads, self.head_dim)
+                k_all, v_all = cache.view(channel, layer_id)
+                name = "spatial" if channel == 0 else "temporal"
+                ctx = self.attend(q.view(b, n, self.heads, self.head_dim).transpose(1, 2), k_all, v_all, *meta,
+                                  cache.rule(name, layer_id))
+                contexts.append(ctx.transpose(1, 2).reshape(b, n, h))
+            out = F.linear(contexts[0], w.base_out_w, w.base_out_b)
+            if channels == 2:
+                mixed = F.linear(torch.cat(contexts, dim=-1), w.mixed_out_w, w.mixed_out_b)
+                out = torch.where(mixes, mixed, out)
+            x = x + layer.third_layernorm(out)
+            m = layer.post_attention_layernorm(x)
+            x = x + layer.fourth_layernorm(layer.mlp.dense_4h_to_h(gelu_tanh(layer.mlp.dense_h_to_4h(m))))
+        if not want_logits:
+            return None
+        return model.logits(model.transformer.final_layernorm(x))
+
+
+def layouts_for(model: CogVideoModel, stage: Pass | str, text_lens: list[int], num_targets: int) -> list[StreamLayout]:
+    return [model.config.layout(stage, t, num_targets) for t in text_lens]

@@ -1,0 +1,71 @@
+"""The fused-weight runner with its static cache against the reference model, including rows of different
+text lengths sharing one forward (batched guidance)."""
+
+import pytest
+import torch
+
+from cogvideo_engine.kernels.registry import backend_status
+from cogvideo_engine.kernels.rules import Pass
+from cogvideo_engine.runner import ModelRunner, layouts_for
+from cogvideo_engine.scoring import stream_input_ids
+
+from conftest import SMALL_BOI, SMALL_GEOMETRY, small_model
+
+FRAME = SMALL_GEOMETRY.frame_len
+BACKENDS = [b.name for b in backend_status("cpu") if b.available and b.name in ("reference", "cpu")]
+
+
+def _stream(pass_, text, given, target):
+    return stream_input_ids(small_model(pass_.model_stage).config.layout(pass_, text.shape[1], target.shape[1]),
+                            text, given, target, SMALL_BOI)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pass_", list(Pass))
+def test_runner_matches_the_reference_model_with_rows_of_different_text_lengths(pass_, backend):
+    model = small_model(pass_.model_stage)
+    gen = torch.Generator().manual_seed(0)
+    n_t = pass_.max_targets
+    given = torch.randint(0, 20000, (1, pass_.num_given, FRAME), generator=gen)
+    target = torch.randint(0, 20000, (1, n_t, FRAME), generator=gen)
+    texts = [torch.randint(20000, SMALL_BOI, (1, t), generator=gen) for t in (5, 2)]
+    prefill_bias, step_bias = torch.tensor([1.4, 1.4]), torch.tensor([1.4, 0.0])  # the guider quirk per row
+
+    # reference: each row alone
+    expected = []
+    for i, text in enumerate(texts):
+        lay = model.config.layout(pass_, text.shape[1], n_t)
+        ids = stream_input_ids(lay, text, given, target, SMALL_BOI)
+        cache = model.new_cache(lay, 1)
+        ctx = lay.context_len
+        pre = model.extend(cache, ids[:, :ctx], range(ctx), float(prefill_bias[i]))
+        steps = [model.extend(cache, ids[:, j:j + 1], [j], float(step_bias[i])) for j in range(ctx, ctx + 2 * FRAME)
+                 if j < lay.length]
+        expected.append((pre, torch.cat(steps, 1), ids))
+
+    runner = ModelRunner(model, backend)
+    cache = runner.new_cache(layouts_for(model, pass_, [5, 2], n_t))
+    given_ids = torch.cat([torch.full((1, pass_.num_given, 1), SMALL_BOI), given[..., :-1]], -1).repeat(2, 1, 1)
+    pre = runner.prefill(cache, [t[0] for t in texts], given_ids, prefill_bias, logits=True)
+    for i, (ref_pre, _, _) in enumerate(expected):
+        t = texts[i].shape[1]
+        torch.testing.assert_close(pre[i, :t], ref_pre[0, :t], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(pre[i, cache.text_capacity:], ref_pre[0, t:], atol=1e-4, rtol=1e-4)
+    first = pass_.num_given
+    steps = []
+    for j in range(min(2 * FRAME, n_t * FRAME)):
+        slot, p = first + j // FRAME, j % FRAME
+        inputs = torch.stack([expected[i][2][0, texts[i].shape[1] + FRAME * slot + p] for i in range(2)])[:, None]
+        steps.append(runner.step(cache, [(slot, p)], inputs, step_bias))
+    steps = torch.cat(steps, 1)
+    for i, (_, ref_steps, _) in enumerate(expected):
+        torch.testing.assert_close(steps[i], ref_steps[0], atol=5e-4, rtol=1e-4)  # fused GEMMs reassociate
+    assert cache.nbytes == 2 * 2 * model.config.num_layers * 2 * (cache.rule_template.cache_len + 1) * \
+        model.config.hidden_size * 4 or not pass_.mixes_temporal
+
+
+def test_cache_rows_must_share_the_pass():
+    model = small_model(1)
+    runner = ModelRunner(model, "reference")
+    with pytest.raises(ValueError, match="share the pass"):
+        runner.new_cache(layouts_for(model, "stage1", [3], 1) + layouts_for(model, "stage1", [3], 2))

@@ -1,9 +1,9 @@
 """Token-level generation of one pass: prefill, then decode steps on a schedule (wavefront or sequential).
 
-This is the reference-model runner (simple cache, any attention backend by name). Each step feeds every
-position the schedule allows, gets their logits, applies classifier-free guidance when a guider stream is
-given, and samples with keyed randomness, so the wavefront and the sequential schedule produce the same
-tokens from the same logits.
+Runs on the :class:`ModelRunner` (fused weights, static cache, any attention backend by name). Each step feeds
+every position the schedule allows -- for the main rows and, with guidance, the guider rows in the same
+forward -- applies classifier-free guidance, and samples with keyed randomness, so the wavefront and the
+sequential schedule produce the same tokens from the same logits.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch
 from cogvideo_engine.kernels.rules import DEFAULT_BOI_ID, Pass
 
 from .model import CogVideoModel
+from .runner import ModelRunner, layouts_for
 from .sampler import ClusterSampler, SamplingParams
 from .scheduler import schedule as make_schedule
-from .scoring import stream_input_ids
 
 ProgressFn = Callable[[int, int], None]
 
@@ -38,15 +38,16 @@ def generate_pass(model: CogVideoModel, stage: Pass | str, text_ids: torch.Tenso
                   num_targets: int, sampler: ClusterSampler, params: SamplingParams, row_keys: list[tuple[int, ...]],
                   *, text_bias: float = 1.4, guider_text_ids: torch.Tensor | None = None,
                   guidance_alpha: float = 3.0, schedule: str = "wavefront", boi_id: int = DEFAULT_BOI_ID,
-                  backend: str | None = "reference", record_logits: bool = False,
-                  progress: ProgressFn | None = None) -> PassResult:
+                  backend: str | None = "reference", runner: ModelRunner | None = None,
+                  record_logits: bool = False, progress: ProgressFn | None = None) -> PassResult:
     """Generate ``num_targets`` frames of one pass for a batch of streams.
 
     text_ids: ``[B, text_len]``; given_frames: ``[B, n_given, frame_len]`` (None for the first frame);
     row_keys: per row, the key prefix of its randomness, e.g. ``(seed, sample, pass, round, window)``; each
-    token's key appends ``(slot, block position)``. With ``guider_text_ids`` the guider stream (own text
-    length and cache, prefill with ``text_bias``, steps with 0 as the reference) is combined as
-    ``guider + (cond - guider) * guidance_alpha`` before sampling.
+    token's key appends ``(slot, block position)``. With ``guider_text_ids [B, guider_text_len]`` the guider
+    rows (own text length; prefill with ``text_bias``, steps with 0, as the reference) run in the same
+    forward as the main rows and are combined as ``guider + (cond - guider) * guidance_alpha``.
+    ``runner`` (optional) reuses a :class:`ModelRunner` and its fused weights across calls.
     """
     pass_ = Pass.parse(stage)
     if pass_.model_stage != model.config.stage:
@@ -56,44 +57,41 @@ def generate_pass(model: CogVideoModel, stage: Pass | str, text_ids: torch.Tenso
     if len(row_keys) != batch:
         raise ValueError(f"{batch} rows but {len(row_keys)} row keys")
     frame_len = model.config.geometry.frame_len
-    device = model.transformer.word_embeddings.weight.device
     if given_frames is None:
         given_frames = torch.zeros(batch, 0, frame_len, dtype=torch.long)
     if given_frames.shape[1] != pass_.num_given:
         raise ValueError(f"pass {pass_.value!r} takes {pass_.num_given} given frames, got {given_frames.shape[1]}")
-    placeholder = torch.zeros(batch, num_targets, frame_len, dtype=torch.long)
+    runner = runner or ModelRunner(model, backend)
+    guided = guider_text_ids is not None
+    texts = list(text_ids) + (list(guider_text_ids) if guided else [])
+    cache = runner.new_cache(layouts_for(model, pass_, [t.numel() for t in texts], num_targets))
+    rows = len(texts)
+    boi = torch.full((batch, pass_.num_given, 1), boi_id, dtype=torch.long)
+    given_ids = torch.cat([boi, given_frames[..., :-1]], dim=-1).repeat(rows // batch, 1, 1)
+    runner.prefill(cache, texts, given_ids, torch.full((rows,), float(text_bias)))
+    step_bias = torch.full((rows,), float(text_bias))
+    if guided:
+        step_bias[batch:] = 0.0
 
-    layout = model.config.layout(pass_, text_ids.shape[1], num_targets)
-    ids = stream_input_ids(layout, text_ids, given_frames, placeholder, boi_id).to(device)
-    streams = [(layout, ids, model.new_cache(layout, batch), text_bias, text_bias)]
-    if guider_text_ids is not None:
-        g_layout = model.config.layout(pass_, guider_text_ids.shape[1], num_targets)
-        g_ids = stream_input_ids(g_layout, guider_text_ids, given_frames, placeholder, boi_id).to(device)
-        streams.append((g_layout, g_ids, model.new_cache(g_layout, batch), text_bias, 0.0))
-    for lay, stream_ids, cache, prefill_bias, _ in streams:
-        model.extend(cache, stream_ids[:, :lay.context_len], range(lay.context_len), prefill_bias, backend=backend)
-
+    layout = cache.layouts[0]
     plan = make_schedule(layout, model.config.num_layers, schedule)
     tokens = torch.full((batch, num_targets, frame_len), -1, dtype=torch.long)
+    inputs = torch.full((batch, num_targets, frame_len), boi_id, dtype=torch.long)  # p >= 1: token p - 1
     recorded = torch.zeros(batch, num_targets * frame_len, 20000) if record_logits else None
     for step, positions in enumerate(plan):
-        outs = []
-        for lay, stream_ids, cache, _, step_bias in streams:
-            shift = lay.text_len - layout.text_len  # same frames, different text length
-            idx = [q + shift for q in positions]
-            outs.append(model.extend(cache, stream_ids[:, idx], idx, step_bias, backend=backend))
-        logits = outs[0] if len(outs) == 1 else outs[1] + (outs[0] - outs[1]) * guidance_alpha
-        for j, q in enumerate(positions):
-            slot, p = int(layout.slot(q)), int(layout.block_pos(q))
-            keys = [tuple(k) + (slot, p) for k in row_keys]
-            drawn = sampler.sample(logits[:, j], params, keys).cpu()
+        where = [(int(layout.slot(q)), int(layout.block_pos(q))) for q in positions]
+        feed = torch.stack([inputs[:, s - layout.num_given, p] for s, p in where], dim=1)
+        logits = runner.step(cache, where, feed.repeat(rows // batch, 1), step_bias)
+        if guided:
+            logits = logits[batch:] + (logits[:batch] - logits[batch:]) * guidance_alpha
+        for j, (slot, p) in enumerate(where):
+            drawn = sampler.sample(logits[:, j], params, [tuple(k) + (slot, p) for k in row_keys]).cpu()
             target = slot - layout.num_given
             tokens[:, target, p] = drawn
+            if p + 1 < frame_len:
+                inputs[:, target, p + 1] = drawn
             if recorded is not None:
                 recorded[:, target * frame_len + p] = logits[:, j].float().cpu()
-            if p + 1 < frame_len:  # token p is the input at block position p + 1, in every stream
-                for lay, stream_ids, _, _, _ in streams:
-                    stream_ids[:, q + 1 + lay.text_len - layout.text_len] = drawn.to(device)
         if progress is not None:
             progress(step + 1, len(plan))
     return PassResult(tokens=tokens, steps=len(plan), logits=recorded, schedule=plan)

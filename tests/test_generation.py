@@ -139,7 +139,8 @@ def test_generation_logits_equal_teacher_forced_scoring_of_the_result():
     assert (out.tokens >= 0).all()
     scored = teacher_forced_logits(model, "stage1", text, given, out.tokens, text_bias=0.0,
                                    guider_text_ids=guider, boi_id=SMALL_BOI)
-    torch.testing.assert_close(out.logits, scored.guided_logits, atol=1e-4, rtol=1e-4)
+    # fused GEMMs reassociate (~1e-4 per stream); guidance multiplies that by up to 5 (|3 cond| + |2 guider|)
+    torch.testing.assert_close(out.logits, scored.guided_logits, atol=1e-3, rtol=1e-4)
 
 
 def test_a_rows_tokens_do_not_depend_on_the_rest_of_the_batch():

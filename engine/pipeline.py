@@ -1,0 +1,128 @@
+"""Token-level CogVideo pipelines: stage 1 (first frame, then frames 1-4) and stage 2 (3 interpolation rounds).
+
+Texts are formed exactly as the original pipeline forms them, segment by segment (SPEC.md §2.3-2.4), through
+a :class:`TextEncoder` (icetk in production; anything with ``encode`` and ``newline_id`` in tests):
+
+* first frame:      encode(prompt + " 高清摄影")
+* frames 1-4:       encode("4.0秒") + [<n>] + encode(prompt + " 视频")   (guided; uncond: ... + encode("视频"))
+                    encode("4.0秒") + [<n>] + encode(prompt)           (unguided)
+* stage-2 round d:  encode(f"{d}秒") + [<n>] + encode(prompt), d = 2.0, 1.0, 0.5
+
+Stage 2 turns N frames into 2N - 1: window i holds parents (2i, 2i+1, 2i+2) in slots 0-2 and generates the
+frames between them in slots 3 and 4; frames merge as [slot 0, slot 3, slot 1, slot 4] per window plus the last
+window's slot 2 (5 -> 9 -> 17 -> 33).
+
+Randomness keys: (seed, sample, pass, round, window) + (slot, position), pass 0 = first frame, 1 = frames 1-4,
+2 = stage 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from cogvideo_engine.kernels.rules import DEFAULT_BOI_ID, Pass
+
+from .generation import generate_pass
+from .model import CogVideoModel
+from .runner import ModelRunner
+from .sampler import FIRST_FRAME_SAMPLING, VIDEO_SAMPLING, ClusterSampler, SamplingParams
+
+STAGE2_DURATIONS = (2.0, 1.0, 0.5)
+
+
+class TextEncoder(Protocol):
+    newline_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """The shipped defaults (scripts/inference_cogvideo_pipeline.sh)."""
+
+    first_frame: SamplingParams = FIRST_FRAME_SAMPLING
+    video: SamplingParams = VIDEO_SAMPLING
+    use_guidance_stage1: bool = True
+    guidance_alpha: float = 3.0
+    text_bias: float = 1.4
+    stage1_duration: float = 4.0
+    max_batch: int = 8
+    schedule: str = "wavefront"
+    boi_id: int = DEFAULT_BOI_ID
+
+
+def _ids(values: list[int]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long)
+
+
+def video_text(encoder: TextEncoder, duration: float, text: str) -> list[int]:
+    """``encode(f"{duration}秒") + [<n>] + encode(text)``, each segment encoded on its own."""
+    return encoder.encode(f"{float(duration)}秒") + [encoder.newline_id] + encoder.encode(text)
+
+
+def stage1_tokens(model: CogVideoModel, encoder: TextEncoder, prompt: str, num_samples: int, seed: int,
+                  sampler: ClusterSampler, settings: PipelineSettings = PipelineSettings(), *,
+                  backend: str | None = None, progress=None) -> torch.Tensor:
+    """``LongTensor[num_samples, 5, frame_len]``: the first frame (CogView2 path) then frames 1-4."""
+    runner = ModelRunner(model, backend)
+    first_text = _ids(encoder.encode(prompt + " 高清摄影")).expand(num_samples, -1)
+    first = generate_pass(model, Pass.FIRST_FRAME, first_text, None, 1, sampler, settings.first_frame,
+                          [(seed, s, 0, 0, 0) for s in range(num_samples)], text_bias=settings.text_bias,
+                          schedule=settings.schedule, boi_id=settings.boi_id, runner=runner, progress=progress)
+    guided = settings.use_guidance_stage1
+    main = video_text(encoder, settings.stage1_duration, prompt + " 视频" if guided else prompt)
+    guider = video_text(encoder, settings.stage1_duration, "视频") if guided else None
+    frames = generate_pass(
+        model, Pass.STAGE1, _ids(main).expand(num_samples, -1), first.tokens, 4, sampler, settings.video,
+        [(seed, s, 1, 0, 0) for s in range(num_samples)], text_bias=0.0 if guided else settings.text_bias,
+        guider_text_ids=_ids(guider).expand(num_samples, -1) if guided else None,
+        guidance_alpha=settings.guidance_alpha, schedule=settings.schedule, boi_id=settings.boi_id, runner=runner,
+        progress=progress)
+    return torch.cat([first.tokens, frames.tokens], dim=1)
+
+
+def interpolation_windows(num_frames: int) -> list[tuple[int, int, int]]:
+    """Parent frames (slots 0, 1, 2) of each stage-2 window for ``num_frames`` (odd) frames."""
+    if num_frames < 3 or num_frames % 2 == 0:
+        raise ValueError(f"stage 2 interpolates an odd number >= 3 of frames, got {num_frames}")
+    return [(2 * i, 2 * i + 1, 2 * i + 2) for i in range((num_frames - 1) // 2)]
+
+
+def merge_round(parents: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+    """``parents [S, N, F]`` and ``generated [S, W, 2, F]`` (slots 3, 4 per window) -> ``[S, 2N - 1, F]``."""
+    out = []
+    for i, (a, b, _) in enumerate(interpolation_windows(parents.shape[1])):
+        out += [parents[:, a], generated[:, i, 0], parents[:, b], generated[:, i, 1]]
+    out.append(parents[:, -1])
+    return torch.stack(out, dim=1)
+
+
+def stage2_tokens(model: CogVideoModel, encoder: TextEncoder, prompt: str, frames: torch.Tensor, seed: int,
+                  sampler: ClusterSampler, settings: PipelineSettings = PipelineSettings(), *,
+                  durations: tuple[float, ...] = STAGE2_DURATIONS, backend: str | None = None,
+                  progress=None) -> torch.Tensor:
+    """Interpolate ``frames [S, 5, F]`` (e.g. saved stage-1 tokens) through the rounds: ``[S, 33, F]``.
+
+    Windows x samples are batched in chunks of ``settings.max_batch``; no guidance, text bias 1.4.
+    """
+    runner = ModelRunner(model, backend)
+    samples = frames.shape[0]
+    for round_id, duration in enumerate(durations):
+        windows = interpolation_windows(frames.shape[1])
+        text = _ids(video_text(encoder, duration, prompt))
+        jobs = [(s, w) for s in range(samples) for w in range(len(windows))]
+        generated = torch.empty(samples, len(windows), 2, frames.shape[2], dtype=torch.long)
+        for start in range(0, len(jobs), settings.max_batch):
+            chunk = jobs[start:start + settings.max_batch]
+            given = torch.stack([frames[s, list(windows[w])] for s, w in chunk])
+            out = generate_pass(model, Pass.STAGE2, text.expand(len(chunk), -1), given, 2, sampler, settings.video,
+                                [(seed, s, 2, round_id, w) for s, w in chunk], text_bias=settings.text_bias,
+                                schedule=settings.schedule, boi_id=settings.boi_id, runner=runner,
+                                progress=progress)
+            for row, (s, w) in enumerate(chunk):
+                generated[s, w] = out.tokens[row]
+        frames = merge_round(frames, generated)
+    return frames

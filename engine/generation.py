@@ -8,6 +8,7 @@ sequential schedule produce the same tokens from the same logits.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -32,6 +33,10 @@ class PassResult:
     steps: int
     logits: torch.Tensor | None = None
     schedule: list[list[int]] = field(default_factory=list)
+    seconds: float = 0.0
+    """Wall time of the decode loop (prefill excluded)."""
+    forward_seconds: float = 0.0
+    """Of which inside the model forward (the rest: scheduling, sampling, bookkeeping)."""
 
 
 def generate_pass(model: CogVideoModel, stage: Pass | str, text_ids: torch.Tensor, given_frames: torch.Tensor | None,
@@ -78,10 +83,16 @@ def generate_pass(model: CogVideoModel, stage: Pass | str, text_ids: torch.Tenso
     tokens = torch.full((batch, num_targets, frame_len), -1, dtype=torch.long)
     inputs = torch.full((batch, num_targets, frame_len), boi_id, dtype=torch.long)  # p >= 1: token p - 1
     recorded = torch.zeros(batch, num_targets * frame_len, 20000) if record_logits else None
+    start = time.perf_counter()
+    forward = 0.0
     for step, positions in enumerate(plan):
         where = [(int(layout.slot(q)), int(layout.block_pos(q))) for q in positions]
         feed = torch.stack([inputs[:, s - layout.num_given, p] for s, p in where], dim=1)
+        t0 = time.perf_counter()
         logits = runner.step(cache, where, feed.repeat(rows // batch, 1), step_bias)
+        if logits.is_cuda:
+            torch.cuda.synchronize()
+        forward += time.perf_counter() - t0
         if guided:
             logits = logits[batch:] + (logits[:batch] - logits[batch:]) * guidance_alpha
         for j, (slot, p) in enumerate(where):
@@ -94,4 +105,5 @@ def generate_pass(model: CogVideoModel, stage: Pass | str, text_ids: torch.Tenso
                 recorded[:, target * frame_len + p] = logits[:, j].float().cpu()
         if progress is not None:
             progress(step + 1, len(plan))
-    return PassResult(tokens=tokens, steps=len(plan), logits=recorded, schedule=plan)
+    return PassResult(tokens=tokens, steps=len(plan), logits=recorded, schedule=plan,
+                      seconds=time.perf_counter() - start, forward_seconds=forward)

@@ -14,6 +14,8 @@ frames overlap (1600 steps); a windowed stage-1 model chains frames at the stage
 
 from __future__ import annotations
 
+import functools
+
 from cogvideo_engine.kernels.rules import StreamLayout
 
 
@@ -29,6 +31,11 @@ def _latest_needed(layout: StreamLayout, q: int, slot: int, parities: tuple[int,
 
 def feed_steps(layout: StreamLayout, num_layers: int) -> dict[int, int]:
     """Earliest decode step (0-based, after the prefill) at which each target stream index can be fed."""
+    return dict(_feed_steps(layout, num_layers))
+
+
+@functools.lru_cache(maxsize=64)
+def _feed_steps(layout: StreamLayout, num_layers: int) -> tuple[tuple[int, int], ...]:  # layouts are frozen
     parities = tuple(sorted({layer % 2 for layer in range(num_layers)}))
     frame_len = layout.geometry.frame_len
     steps: dict[int, int] = {}
@@ -42,7 +49,7 @@ def feed_steps(layout: StreamLayout, num_layers: int) -> dict[int, int]:
                 if latest is not None:
                     earliest = max(earliest, steps[layout.index(earlier, latest)] + 1)
             steps[q] = previous = max(earliest, previous + 1)
-    return steps
+    return tuple(steps.items())
 
 
 def wavefront_schedule(layout: StreamLayout, num_layers: int) -> list[list[int]]:

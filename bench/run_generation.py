@@ -1,0 +1,116 @@
+"""Generation benchmark: forward steps, ms/step, tokens/s, per-pass seconds, KV-cache bytes, weight bandwidth,
+sequential vs wavefront, for a model shape given by name (random weights).
+
+    python bench/run_generation.py [--model tiny|medium|real] [--device cpu|cuda] [--backend auto] [--out F]
+
+Passes: stage-1 frames 1-4 for one frame (guided: cond and uncond rows in one forward) and one stage-2 window
+(2 target frames), each with the sequential and the wavefront schedule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_attention import environment  # noqa: E402
+
+from cogvideo_engine.config import ModelConfig, tiny_config  # noqa: E402
+from cogvideo_engine.generation import generate_pass  # noqa: E402
+from cogvideo_engine.model import CogVideoModel, init_random_weights  # noqa: E402
+from cogvideo_engine.runner import ModelRunner  # noqa: E402
+from cogvideo_engine.sampler import VIDEO_SAMPLING, ClusterSampler  # noqa: E402
+
+MODELS = {
+    "tiny": lambda stage: tiny_config(stage, num_layers=2, hidden_size=64, num_attention_heads=1),
+    "medium": lambda stage: tiny_config(stage, num_layers=8, hidden_size=512, num_attention_heads=8),
+    "real": lambda stage: ModelConfig(stage=stage),
+}
+
+
+def build(name: str, stage: int, device: str, dtype: torch.dtype) -> CogVideoModel:
+    with torch.device("meta"):
+        model = CogVideoModel(MODELS[name](stage))
+    model = model.to_empty(device="cpu")
+    init_random_weights(model, seed=stage, peaky=False)
+    return model.to(device, dtype).eval().requires_grad_(False)
+
+
+def weight_bytes(model: CogVideoModel) -> int:
+    """Bytes a decode step must read: every layer's weights and the 20000-row logits head (the embedding
+    lookup reads only a few rows)."""
+    layers = sum(p.numel() * p.element_size() for p in model.transformer.layers.parameters())
+    plus = sum(p.numel() * p.element_size() for p in model.mixins["attention_plus"].parameters())
+    head = model.transformer.word_embeddings.weight[:20000]
+    return layers + plus + head.numel() * head.element_size()
+
+
+def run_pass(model, stage, text_len, guided, num_targets, schedule, backend, device):
+    frame_len = model.config.geometry.frame_len
+    gen = torch.Generator().manual_seed(0)
+    pass_ = {1: "stage1", 2: "stage2"}[model.config.stage]
+    n_given = 1 if pass_ == "stage1" else 3
+    text = torch.randint(20100, 20200, (1, text_len), generator=gen)
+    given = torch.randint(0, 20000, (1, n_given, frame_len), generator=gen)
+    guider = text[:, :6] if guided else None
+    runner = ModelRunner(model, backend)
+    sampler = ClusterSampler(torch.arange(20000) % 500)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = generate_pass(model, pass_, text, given, num_targets, sampler, VIDEO_SAMPLING, [(0, 0)],
+                        text_bias=0.0 if guided else 1.4, guider_text_ids=guider, schedule=schedule,
+                        boi_id=20099, runner=runner)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    rows = 2 if guided else 1
+    cache = runner.new_cache([model.config.layout(pass_, text_len, num_targets)] * rows)
+    return out, seconds, cache.nbytes
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=sorted(MODELS), default="medium")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None)
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
+        args.dtype or ("bf16" if args.device == "cuda" else "fp32")]
+    backend = None if args.backend == "auto" else args.backend
+    env = environment(args.device)
+    rows = []
+    for stage, label, targets, guided in [(1, "stage1-frame1-guided", 1, True), (2, "stage2-window", 2, False)]:
+        model = build(args.model, stage, args.device, dtype)
+        wbytes = weight_bytes(model)
+        for schedule in ("sequential", "wavefront"):
+            out, seconds, cache_bytes = run_pass(model, stage, 20 if stage == 1 else 9, guided, targets, schedule,
+                                                 backend, args.device)
+            tokens = out.tokens.numel()
+            row = {**env, "bench": "generation", "model": args.model, "pass": label, "schedule": schedule,
+                   "dtype": str(dtype).removeprefix("torch."), "backend": args.backend, "forward_steps": out.steps,
+                   "seconds": seconds, "ms_per_step": 1e3 * seconds / out.steps, "tokens_per_s": tokens / seconds,
+                   "kv_cache_bytes": cache_bytes, "weight_bytes": wbytes,
+                   "weight_gbytes_per_s": wbytes * out.steps / seconds / 1e9,
+                   "outside_forward_fraction": 1 - out.forward_seconds / out.seconds}
+            rows.append(row)
+            print(f"{args.model:7s} {label:22s} {schedule:10s} steps {out.steps:5d}  {row['ms_per_step']:7.2f} ms/step"
+                  f"  {row['tokens_per_s']:8.1f} tok/s  {seconds:7.2f} s  cache {cache_bytes / 1e6:8.1f} MB"
+                  f"  weights {row['weight_gbytes_per_s']:6.2f} GB/s"
+                  f"  outside forward {100 * row['outside_forward_fraction']:4.1f}%")
+    out_path = args.out or Path(__file__).parent / "results" / f"generation-{args.model}-{args.device}.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(rows, indent=1))
+    print(f"wrote {len(rows)} rows to {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

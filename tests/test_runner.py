@@ -69,3 +69,24 @@ def test_cache_rows_must_share_the_pass():
     runner = ModelRunner(model, "reference")
     with pytest.raises(ValueError, match="share the pass"):
         runner.new_cache(layouts_for(model, "stage1", [3], 1) + layouts_for(model, "stage1", [3], 2))
+
+
+def test_a_rows_logits_do_not_depend_on_the_other_rows():
+    """Per-row logits alone vs in a batch of 3 (other prompts and text lengths) agree to 1e-6 of the logit
+    scale in fp32: attention is per row, but the GEMMs' blocking depends on the batch size (reassociation),
+    which is the one way a batch can flip a near-tie token."""
+    model = small_model(2)
+    gen = torch.Generator().manual_seed(2)
+    given = torch.randint(0, 20000, (3, 3, FRAME), generator=gen)
+    texts = [torch.randint(20000, SMALL_BOI, (t,), generator=gen) for t in (4, 7, 2)]
+    boi = torch.full((3, 3, 1), SMALL_BOI)
+    given_ids = torch.cat([boi, given[..., :-1]], -1)
+    runner = ModelRunner(model, "reference")
+    together = runner.new_cache(layouts_for(model, "stage2", [4, 7, 2], 2))
+    runner.prefill(together, texts, given_ids, torch.full((3,), 1.4))
+    alone = runner.new_cache(layouts_for(model, "stage2", [7], 2))
+    runner.prefill(alone, texts[1:2], given_ids[1:2], torch.full((1,), 1.4))
+    feed = torch.full((3, 1), SMALL_BOI)
+    a = runner.step(together, [(3, 0)], feed, torch.full((3,), 1.4))
+    b = runner.step(alone, [(3, 0)], feed[:1], torch.full((1,), 1.4))
+    assert (a[1] - b[0]).abs().max() <= 1e-6 * b.abs().max()

@@ -7,7 +7,8 @@
 # The machine brings its own CUDA torch, Triton, nvcc, cmake and pybind11 and has no network, so nothing is
 # downloaded: the package is installed over them without dependencies, and the CUDA extension is built there
 # (sm_90a; COGVIDEO_CUDA_ARCHS overrides). Then: the backends report, the C++ tests, every kernel test on the
-# GPU (triton and cuda, gpu-marked sweeps included, bf16 included), and the kernel benchmark in bf16 and fp16.
+# GPU (triton and cuda, gpu-marked sweeps included, bf16 included), the kernel benchmark in bf16 and fp16, and
+# a short generation benchmark (medium model).
 # Dry run on a CPU machine: GPU_CHECK_DRY_RUN=1 bash bench/gpu_check.sh (every step that needs no GPU runs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -51,5 +52,14 @@ else
         --out "$out/attention-cpu.json" > "$out/attention-cpu.txt" 2>&1 || status=1
     cat "$out/attention-cpu.txt"
 fi
+step "generation benchmark"
+if [ -z "${GPU_CHECK_DRY_RUN:-}" ]; then
+    timeout 120 $PY bench/run_generation.py --model medium --device cuda --out "$out/generation-medium.json" \
+        > "$out/generation.txt" 2>&1 || status=1
+else
+    timeout 120 $PY bench/run_generation.py --model tiny --device cpu --out "$out/generation-tiny.json" \
+        > "$out/generation.txt" 2>&1 || status=1
+fi
+cat "$out/generation.txt"
 echo "gpu check finished with status $status; results in $out"
 exit $status

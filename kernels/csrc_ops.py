@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .layout import AttentionRule
-from .rules import FrameGeometry
+from .ops import register_window_attention_op
 
 try:
     from cogvideo_engine import _C
@@ -65,26 +65,5 @@ def window_attention_csrc(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_i
     return out
 
 
-@torch.library.custom_op("cogvideo_engine::window_attention_csrc", mutates_args=())
-def _window_attention_csrc(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_index: torch.Tensor,
-                           text_len: torch.Tensor, text_bias: torch.Tensor, pass_name: str, channel: str,
-                           layer_parity: int, grid: int, window: int, shift: int,
-                           text_capacity: int) -> torch.Tensor:
-    rule = AttentionRule(pass_name, channel, layer_parity, FrameGeometry(grid=grid, window=window, shift=shift),
-                         text_capacity)
-    return window_attention_csrc(q, k, v, q_index, text_len, text_bias, rule)
-
-
-@_window_attention_csrc.register_fake
-def _(q, k, v, q_index, text_len, text_bias, pass_name, channel, layer_parity, grid, window, shift,
-      text_capacity):
-    return torch.empty_like(q)
-
-
-def window_attention_csrc_op(q, k, v, q_index, text_len, text_bias, rule: AttentionRule) -> torch.Tensor:
-    """The csrc kernel through its registered op."""
-    from .ops import rule_args
-
-    rule.require_released_rules(q.device.type)
-    return torch.ops.cogvideo_engine.window_attention_csrc(q, k, v, q_index, text_len, text_bias,
-                                                           *rule_args(rule))
+window_attention_csrc_op = register_window_attention_op("window_attention_csrc", window_attention_csrc, "csrc")
+"""The csrc kernel through its registered op (same contract as ``reference.window_attention``)."""

@@ -1,43 +1,63 @@
 """``torch.library`` registrations of the kernels, so ``torch.compile`` and CUDA graphs see opaque ops.
 
-``cogvideo_engine::window_attention_triton(q, k, v, q_index, text_len, text_bias, pass, channel,
+Each kernel becomes ``cogvideo_engine::<name>(q, k, v, q_index, text_len, text_bias, pass, channel,
 layer_parity, grid, window, shift, text_capacity) -> Tensor`` with a fake (meta) implementation returning a
-tensor like ``q``.
+tensor like ``q``: ``window_attention_triton`` here, ``window_attention_csrc`` in :mod:`.csrc_ops`.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 from .layout import AttentionRule
 from .rules import FrameGeometry
 
-
-@torch.library.custom_op("cogvideo_engine::window_attention_triton", mutates_args=())
-def _window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_index: torch.Tensor,
-                             text_len: torch.Tensor, text_bias: torch.Tensor, pass_name: str, channel: str,
-                             layer_parity: int, grid: int, window: int, shift: int,
-                             text_capacity: int) -> torch.Tensor:
-    from .triton_attention import window_attention_triton
-
-    rule = AttentionRule(pass_name, channel, layer_parity, FrameGeometry(grid=grid, window=window, shift=shift),
-                         text_capacity)
-    return window_attention_triton(q, k, v, q_index, text_len, text_bias, rule)
-
-
-@_window_attention_triton.register_fake
-def _(q, k, v, q_index, text_len, text_bias, pass_name, channel, layer_parity, grid, window, shift,
-      text_capacity):
-    return torch.empty_like(q)
+KernelFn = Callable[..., torch.Tensor]
 
 
 def rule_args(rule: AttentionRule) -> tuple:
+    """The op's scalar arguments describing ``rule``."""
     g = rule.geometry
     return (rule.pass_.value, rule.channel, rule.layer_parity, g.grid, g.window, g.shift, rule.text_capacity)
 
 
-def window_attention_triton_op(q, k, v, q_index, text_len, text_bias, rule: AttentionRule) -> torch.Tensor:
-    """The Triton kernel through its registered op (same contract as ``reference.window_attention``)."""
-    rule.require_released_rules("triton")
-    return torch.ops.cogvideo_engine.window_attention_triton(q, k, v, q_index, text_len, text_bias,
-                                                             *rule_args(rule))
+def _rule_from_args(pass_name: str, channel: str, layer_parity: int, grid: int, window: int, shift: int,
+                    text_capacity: int) -> AttentionRule:
+    geometry = FrameGeometry(grid=grid, window=window, shift=shift)
+    return AttentionRule(pass_name, channel, layer_parity, geometry, text_capacity)
+
+
+def register_window_attention_op(name: str, kernel: KernelFn, backend: str) -> KernelFn:
+    """Register ``kernel`` (the ``reference.window_attention`` contract) as ``cogvideo_engine::<name>`` and
+    return a caller with that same contract that goes through the op."""
+
+    @torch.library.custom_op(f"cogvideo_engine::{name}", mutates_args=())
+    def op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_index: torch.Tensor, text_len: torch.Tensor,
+           text_bias: torch.Tensor, pass_name: str, channel: str, layer_parity: int, grid: int, window: int,
+           shift: int, text_capacity: int) -> torch.Tensor:
+        rule = _rule_from_args(pass_name, channel, layer_parity, grid, window, shift, text_capacity)
+        return kernel(q, k, v, q_index, text_len, text_bias, rule)
+
+    @op.register_fake
+    def _(q, k, v, q_index, text_len, text_bias, pass_name, channel, layer_parity, grid, window, shift,
+          text_capacity):
+        return torch.empty_like(q)
+
+    def call(q, k, v, q_index, text_len, text_bias, rule: AttentionRule) -> torch.Tensor:
+        rule.require_released_rules(backend)  # the op's arguments carry the released rules only
+        return op(q, k, v, q_index, text_len, text_bias, *rule_args(rule))
+
+    call.__name__ = f"{name}_op"
+    return call
+
+
+def _triton_kernel(q, k, v, q_index, text_len, text_bias, rule):
+    from .triton_attention import window_attention_triton
+
+    return window_attention_triton(q, k, v, q_index, text_len, text_bias, rule)
+
+
+window_attention_triton_op = register_window_attention_op("window_attention_triton", _triton_kernel, "triton")
+"""The Triton kernel through its registered op (same contract as ``reference.window_attention``)."""

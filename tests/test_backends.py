@@ -31,8 +31,12 @@ def test_registry_names_and_reasons(monkeypatch):
     assert "attention backends on cpu" in report()
 
 
-@needs_triton
-def test_triton_op_registration_passes_opcheck():
+@pytest.mark.parametrize("op_name,ready", [("window_attention_triton", triton_ready),
+                                           ("window_attention_csrc", cpu_ready)])
+def test_op_registration_passes_opcheck(op_name, ready):
+    if not ready.available:
+        pytest.skip(f"{ready.name} backend: {ready.reason}")
+    import cogvideo_engine.kernels.csrc_ops  # noqa: F401  (registers the csrc op)
     from cogvideo_engine.kernels.ops import rule_args
 
     rule = AttentionRule(Pass.STAGE2, "temporal", 1, SMALL_GEOMETRY, text_capacity=3)
@@ -41,7 +45,7 @@ def test_triton_op_registration_passes_opcheck():
     lay = StreamLayout(Pass.STAGE2, 3, 2, SMALL_GEOMETRY)
     q_index = torch.tensor([[0, lay.index(0, 5), lay.index(2, 15), lay.index(3, 3), lay.index(4, 0)]] * 2)
     args = (q, k, v, q_index, torch.tensor([3, 2]), torch.tensor([1.4, 0.0]), *rule_args(rule))
-    torch.library.opcheck(torch.ops.cogvideo_engine.window_attention_triton.default, args)
+    torch.library.opcheck(getattr(torch.ops.cogvideo_engine, op_name).default, args)
 
 
 def _model_matches_reference(pass_, backend):
@@ -74,19 +78,6 @@ def test_model_on_triton_matches_the_reference(pass_):
 @pytest.mark.parametrize("pass_", list(Pass))
 def test_model_on_cpu_kernel_matches_the_reference(pass_):
     _model_matches_reference(pass_, "cpu")
-
-
-@needs_cpu
-def test_csrc_op_registration_passes_opcheck():
-    from cogvideo_engine.kernels.ops import rule_args
-
-    rule = AttentionRule(Pass.STAGE2, "temporal", 1, SMALL_GEOMETRY, text_capacity=3)
-    q = torch.randn(2, 2, 5, 16)
-    k, v = torch.randn(2, 2, rule.cache_len, 16), torch.randn(2, 2, rule.cache_len, 16)
-    lay = StreamLayout(Pass.STAGE2, 3, 2, SMALL_GEOMETRY)
-    q_index = torch.tensor([[0, lay.index(0, 5), lay.index(2, 15), lay.index(3, 3), lay.index(4, 0)]] * 2)
-    args = (q, k, v, q_index, torch.tensor([3, 2]), torch.tensor([1.4, 0.0]), *rule_args(rule))
-    torch.library.opcheck(torch.ops.cogvideo_engine.window_attention_csrc.default, args)
 
 
 @needs_cpu
@@ -151,3 +142,15 @@ def test_gpu_triton_op_in_a_cuda_graph():
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(out, expected)
+
+
+@needs_cpu
+def test_fused_backends_refuse_the_windowed_stage1_rules():
+    from cogvideo_engine.kernels.csrc_ops import window_attention_csrc_op
+
+    rule = AttentionRule(Pass.STAGE1, "temporal", 1, SMALL_GEOMETRY, text_capacity=3, stage1_windowed=True)
+    q = torch.randn(1, 1, 2, 16)
+    k = torch.randn(1, 1, rule.cache_len, 16)
+    with pytest.raises(NotImplementedError, match="backend='reference'"):
+        window_attention_csrc_op(q, k, k, torch.zeros(1, 2, dtype=torch.long), torch.tensor([3]),
+                                 torch.tensor([1.4]), rule)

@@ -20,6 +20,7 @@ _LAZY = {
     "CogVideoModel": "model", "KVCache": "model",
     "ModelConfig": "config", "stage1_config": "config", "stage2_config": "config", "tiny_config": "config",
     "default_model_path": "default_model",
+    "load_image_decoder": "vq_decoder", "ImageDecoder": "vq_decoder",
     "Pass": "kernels.rules", "StreamLayout": "kernels.rules", "FrameGeometry": "kernels.rules",
 }
 

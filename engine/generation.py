@@ -18,7 +18,7 @@ from cogvideo_engine.kernels.rules import DEFAULT_BOI_ID, Pass
 
 from .model import CogVideoModel
 from .runner import ModelRunner, layouts_for
-from .sampler import ClusterSampler, SamplingParams
+from .sampler import ClusterSampler, PassSampling
 from .scheduler import schedule as make_schedule
 
 ProgressFn = Callable[[int, int], None]
@@ -40,7 +40,7 @@ class PassResult:
 
 
 def generate_pass(model: CogVideoModel, stage: Pass | str, text_ids: torch.Tensor, given_frames: torch.Tensor | None,
-                  num_targets: int, sampler: ClusterSampler, params: SamplingParams, row_keys: list[tuple[int, ...]],
+                  num_targets: int, sampler: ClusterSampler, params: PassSampling, row_keys: list[tuple[int, ...]],
                   *, text_bias: float = 1.4, guider_text_ids: torch.Tensor | None = None,
                   guidance_alpha: float = 3.0, schedule: str = "wavefront", boi_id: int = DEFAULT_BOI_ID,
                   backend: str | None = "reference", runner: ModelRunner | None = None,

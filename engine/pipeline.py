@@ -28,7 +28,7 @@ from cogvideo_engine.kernels.rules import DEFAULT_BOI_ID, Pass
 from .generation import generate_pass
 from .model import CogVideoModel
 from .runner import ModelRunner
-from .sampler import FIRST_FRAME_SAMPLING, VIDEO_SAMPLING, ClusterSampler, SamplingParams
+from .sampler import FIRST_FRAME_SAMPLING, VIDEO_SAMPLING, ClusterSampler, PassSampling
 
 STAGE2_DURATIONS = (2.0, 1.0, 0.5)
 
@@ -43,8 +43,8 @@ class TextEncoder(Protocol):
 class PipelineSettings:
     """The shipped defaults (scripts/inference_cogvideo_pipeline.sh)."""
 
-    first_frame: SamplingParams = FIRST_FRAME_SAMPLING
-    video: SamplingParams = VIDEO_SAMPLING
+    first_frame: PassSampling = FIRST_FRAME_SAMPLING
+    video: PassSampling = VIDEO_SAMPLING
     use_guidance_stage1: bool = True
     guidance_alpha: float = 3.0
     text_bias: float = 1.4

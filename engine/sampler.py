@@ -23,7 +23,7 @@ MASKED = -65504.0  # the original's fill value for tokens outside the chosen clu
 
 
 @dataclass(frozen=True)
-class SamplingParams:
+class PassSampling:
     """Sampler settings; ``top_k`` counts clusters, not tokens."""
 
     temperature: float = 1.05
@@ -37,9 +37,9 @@ class SamplingParams:
             raise ValueError("top_k (clusters) must be >= 1")
 
 
-FIRST_FRAME_SAMPLING = SamplingParams(temperature=1.0, top_k=16, temperature2=0.89)
+FIRST_FRAME_SAMPLING = PassSampling(temperature=1.0, top_k=16, temperature2=0.89)
 """The shipped first-frame (CogView2 path) settings."""
-VIDEO_SAMPLING = SamplingParams(temperature=1.05, top_k=12, temperature2=0.89)
+VIDEO_SAMPLING = PassSampling(temperature=1.05, top_k=12, temperature2=0.89)
 """The shipped settings for every other video token (``scripts/inference_cogvideo_pipeline.sh``)."""
 
 _MASK64 = (1 << 64) - 1
@@ -90,7 +90,7 @@ class ClusterSampler:
                                     f"cluster_label2.npy (int64[20000], from the CogVideo release)")
         return cls(torch.from_numpy(np.load(path, allow_pickle=False)))
 
-    def cluster_mass(self, logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    def cluster_mass(self, logits: torch.Tensor, params: PassSampling) -> torch.Tensor:
         """``[N, num_clusters]`` probability mass of each cluster under ``softmax(logits / temperature)``."""
         if params.top_k > self.num_clusters:
             raise ValueError(f"top_k ({params.top_k} clusters) exceeds the {self.num_clusters} clusters")
@@ -98,7 +98,7 @@ class ClusterSampler:
         labels = self.labels.to(logits.device).expand_as(probs)
         return torch.zeros(probs.shape[0], self.num_clusters, device=logits.device).scatter_add_(1, labels, probs)
 
-    def token_distribution(self, logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    def token_distribution(self, logits: torch.Tensor, params: PassSampling) -> torch.Tensor:
         """``[N, 20000]`` exact probability of each token under the two-stage draw (for tests and scoring)."""
         mass = self.cluster_mass(logits, params)
         top_mass, top_clusters = mass.topk(params.top_k, dim=-1)
@@ -112,7 +112,7 @@ class ClusterSampler:
                 out[:, member] = torch.softmax(scaled[:, member], dim=-1) * pick[:, c:c + 1]
         return out
 
-    def sample(self, logits: torch.Tensor, params: SamplingParams, keys: list[tuple[int, ...]]) -> torch.Tensor:
+    def sample(self, logits: torch.Tensor, params: PassSampling, keys: list[tuple[int, ...]]) -> torch.Tensor:
         """One token per row of ``logits [N, 20000]`` (fp32, guidance already applied), row ``i`` drawn with
         the uniforms of ``keys[i]``. Returns ``LongTensor[N]``."""
         if logits.dim() != 2 or logits.shape[1] != NUM_IMAGE_TOKENS:

@@ -7,7 +7,7 @@ from cogvideo_engine.config import tiny_config
 from cogvideo_engine.generation import generate_pass
 from cogvideo_engine.kernels.rules import FrameGeometry, Pass, StreamLayout
 from cogvideo_engine.model import CogVideoModel, init_random_weights
-from cogvideo_engine.sampler import ClusterSampler, SamplingParams, keyed_uniforms
+from cogvideo_engine.sampler import ClusterSampler, PassSampling, keyed_uniforms
 from cogvideo_engine.scheduler import feed_steps, schedule
 from cogvideo_engine.scoring import teacher_forced_logits
 
@@ -66,7 +66,7 @@ def test_sampler_matches_its_exact_distribution():
     hot = torch.randperm(20000, generator=gen)[:40]
     logits[0, hot] = torch.randn(40, generator=gen) * 2
     sampler = toy_sampler(8)
-    params = SamplingParams(temperature=1.05, top_k=3, temperature2=0.89)
+    params = PassSampling(temperature=1.05, top_k=3, temperature2=0.89)
     exact = sampler.token_distribution(logits, params)[0]
     n = 6000
     drawn = sampler.sample(logits.expand(n, -1), params, [(1, i) for i in range(n)])
@@ -82,7 +82,7 @@ def test_sampler_temperatures():
     sampler = toy_sampler(num_clusters=1)  # one cluster: the draw is softmax(logits / (t * t2))
     logits = torch.zeros(1, 20000)
     logits[0, :3] = torch.tensor([2.0, 1.0, 0.0])
-    params = SamplingParams(temperature=2.0, top_k=1, temperature2=0.5)
+    params = PassSampling(temperature=2.0, top_k=1, temperature2=0.5)
     dist = sampler.token_distribution(logits, params)[0, :3]
     torch.testing.assert_close(dist / dist.sum(), torch.softmax(torch.tensor([2.0, 1.0, 0.0]), 0))
 
@@ -93,9 +93,9 @@ def test_sampler_inputs():
     with pytest.raises(FileNotFoundError, match="cluster_label2.npy"):
         ClusterSampler.from_file("/nonexistent/cluster_label2.npy")
     with pytest.raises(ValueError, match="keys"):
-        toy_sampler().sample(torch.zeros(2, 20000), SamplingParams(), [(1,)])
+        toy_sampler().sample(torch.zeros(2, 20000), PassSampling(), [(1,)])
     with pytest.raises(ValueError, match="exceeds the 8 clusters"):
-        toy_sampler(8).sample(torch.zeros(1, 20000), SamplingParams(top_k=12), [(1,)])
+        toy_sampler(8).sample(torch.zeros(1, 20000), PassSampling(top_k=12), [(1,)])
 
 
 # -- generation -------------------------------------------------------------------------------------------------
@@ -120,7 +120,7 @@ def _soft_model(stage, geometry=SMALL_GEOMETRY, windowed=False):
 def test_wavefront_and_sequential_give_the_same_tokens(stage, windowed):
     model = _soft_model(stage.model_stage, REAL, windowed)
     text, given = _inputs(stage, 2, REAL.frame_len)
-    kwargs = dict(sampler=toy_sampler(500), params=SamplingParams(), row_keys=[(1234, 0), (1234, 1)],
+    kwargs = dict(sampler=toy_sampler(500), params=PassSampling(), row_keys=[(1234, 0), (1234, 1)],
                   boi_id=SMALL_BOI, record_logits=True)
     targets = 2 if stage is Pass.STAGE2 else 3
     wave = generate_pass(model, stage, text, given, targets, schedule="wavefront", **kwargs)
@@ -134,7 +134,7 @@ def test_generation_logits_equal_teacher_forced_scoring_of_the_result():
     model = small_model(1)
     text, given = _inputs(Pass.STAGE1, 2, SMALL_GEOMETRY.frame_len)
     guider = text[:, :2]
-    out = generate_pass(model, "stage1", text, given, 2, toy_sampler(), SamplingParams(), [(5, 0), (5, 1)],
+    out = generate_pass(model, "stage1", text, given, 2, toy_sampler(), PassSampling(), [(5, 0), (5, 1)],
                         text_bias=0.0, guider_text_ids=guider, boi_id=SMALL_BOI, record_logits=True)
     assert (out.tokens >= 0).all()
     scored = teacher_forced_logits(model, "stage1", text, given, out.tokens, text_bias=0.0,
@@ -147,10 +147,10 @@ def test_a_rows_tokens_do_not_depend_on_the_rest_of_the_batch():
     model = small_model(2)
     text, given = _inputs(Pass.STAGE2, 3, SMALL_GEOMETRY.frame_len)
     keys = [(9, 0), (9, 1), (9, 2)]
-    full = generate_pass(model, "stage2", text, given, 2, toy_sampler(), SamplingParams(), keys, boi_id=SMALL_BOI)
-    alone = generate_pass(model, "stage2", text[1:2], given[1:2], 2, toy_sampler(), SamplingParams(), keys[1:2],
+    full = generate_pass(model, "stage2", text, given, 2, toy_sampler(), PassSampling(), keys, boi_id=SMALL_BOI)
+    alone = generate_pass(model, "stage2", text[1:2], given[1:2], 2, toy_sampler(), PassSampling(), keys[1:2],
                           boi_id=SMALL_BOI)
     assert torch.equal(full.tokens[1:2], alone.tokens)
-    other_seed = generate_pass(model, "stage2", text[1:2], given[1:2], 2, toy_sampler(), SamplingParams(),
+    other_seed = generate_pass(model, "stage2", text[1:2], given[1:2], 2, toy_sampler(), PassSampling(),
                                [(10, 1)], boi_id=SMALL_BOI)
     assert not torch.equal(other_seed.tokens, alone.tokens)

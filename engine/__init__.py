@@ -21,6 +21,7 @@ _LAZY = {
     "ModelConfig": "config", "stage1_config": "config", "stage2_config": "config", "tiny_config": "config",
     "default_model_path": "default_model",
     "load_image_decoder": "vq_decoder", "ImageDecoder": "vq_decoder",
+    "Engine": "api", "SamplingParams": "api", "VideoOutput": "api", "Cancelled": "api",
     "Pass": "kernels.rules", "StreamLayout": "kernels.rules", "FrameGeometry": "kernels.rules",
 }
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m cogvideo_engine {score,convert}``."""
+"""Command line: ``python -m cogvideo_engine {generate,score,convert}`` (also installed as ``cogvideo-engine``)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -69,6 +70,53 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from .api import Engine, SamplingParams
+    from .export import upscale_nearest, write_frames, write_gif, write_mp4, write_tokens
+
+    prompts = [args.prompt] if args.prompt else [
+        line.strip() for line in open(args.prompt_file, encoding="utf-8") if line.strip()]
+    kwargs = dict(device=args.device, dtype=DTYPES[args.dtype],
+                  backend=None if args.backend == "auto" else args.backend)
+    if args.model_root:
+        engine = Engine.from_pretrained(args.model_root, **kwargs)
+    else:
+        print("using the embedded default model: tiny, RANDOM weights (the output is noise, not a video of the "
+              "prompt); --model-root points at the released CogVideo folder", file=sys.stderr)
+        engine = Engine.default(**kwargs)
+    params = SamplingParams(seed=args.seed, num_samples=args.samples, only_first_stage=args.only_first_stage,
+                            use_guidance_stage1=not args.no_guidance_stage1, temperature=args.temperature,
+                            top_k=args.top_k, temperature2=args.coglm_temperature2,
+                            guidance_alpha=args.guidance_alpha, schedule=args.schedule,
+                            max_batch=args.max_inference_batch_size)
+    last = {}
+
+    def progress(phase, done, total):
+        if not args.quiet and (done == total or done % 200 == 0) and last.get(phase) != done:
+            last[phase] = done
+            print(f"  {phase}: step {done}/{total}", file=sys.stderr, flush=True)
+
+    resume = None
+    if args.stage1_tokens:
+        from .export import read_tokens
+        resume = read_tokens(args.stage1_tokens).reshape(-1, 5, 400)
+    videos = engine.generate(prompts, params, progress=progress, stage1_tokens_in=resume)
+    out = Path(args.output)
+    for i, video in enumerate(videos):
+        stem = out if len(videos) == 1 else out.with_name(f"{out.stem}-{i:03d}{out.suffix}")
+        frames = upscale_nearest(video.frames, 480) if args.upscale else video.frames
+        if args.format == "gif":
+            path = write_gif(stem.with_suffix(".gif"), frames, video.fps)
+        elif args.format == "mp4":
+            path = write_mp4(stem.with_suffix(".mp4"), frames, video.fps)
+        else:
+            path = write_frames(stem.with_suffix(""), frames)
+        tokens_path = write_tokens(stem.with_suffix(".tokens.pt"), video.tokens)
+        print(f"wrote {path} ({video.frames.shape[0]} frames, {video.fps:g} fps) and {tokens_path}")
+        print(video.latency_report())
+    return 0
+
+
 def cmd_convert(args) -> int:
     from .checkpoint import convert
 
@@ -96,6 +144,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     s.set_defaults(func=cmd_score)
+    g = sub.add_parser("generate", help="text to video: stage 1, stage 2, VQ decode, export")
+    g.add_argument("prompt", nargs="?", help="the prompt (or --prompt-file)")
+    g.add_argument("--prompt-file", help="one prompt per line")
+    g.add_argument("--output", "-o", default="output/video.gif", help="output path (suffix set by --format)")
+    g.add_argument("--format", choices=["gif", "mp4", "frames"], default="gif")
+    g.add_argument("--model-root", help="folder with cogvideo-stage1/2, ice_text.model, ice_image.pt, "
+                                        "cluster_label2.npy (default: the embedded random model)")
+    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--samples", type=int, default=1, help="videos per prompt")
+    g.add_argument("--only-first-stage", action="store_true")
+    g.add_argument("--stage1-tokens", help="resume stage 2 from a saved .tokens.pt / .npy of stage-1 frames")
+    g.add_argument("--no-guidance-stage1", action="store_true", help="the original's --use-guidance-stage1 off")
+    g.add_argument("--guidance-alpha", type=float, default=3.0)
+    g.add_argument("--temperature", type=float, default=1.05)
+    g.add_argument("--top_k", type=int, default=12, help="clusters")
+    g.add_argument("--coglm-temperature2", type=float, default=0.89)
+    g.add_argument("--max-inference-batch-size", type=int, default=8)
+    g.add_argument("--schedule", choices=["wavefront", "sequential"], default="wavefront")
+    g.add_argument("--upscale", action="store_true", help="nearest-neighbour 480x480 (until super-resolution)")
+    g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--backend", default="auto")
+    g.add_argument("--quiet", action="store_true")
+    g.set_defaults(func=cmd_generate)
     c = sub.add_parser("convert", help="convert a SAT checkpoint to config.json + model.safetensors")
     c.add_argument("src")
     c.add_argument("dst")
@@ -108,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

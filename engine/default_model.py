@@ -1,46 +1,102 @@
-"""The embedded default model: a small random CogVideo checkpoint in the real geometry, built on first use.
+"""The embedded default model: small random CogVideo assets in the real geometry, built on first use.
 
-It is written once, in the exact SwissArmyTransformer layout, to ``$COGVIDEO_ENGINE_HOME`` (default
-``~/.cache/cogvideo_engine``), so the CLI and examples run anywhere without the 14 GB released files. Its
-weights are random: scores are meaningful as numbers, not as a judgement of a video.
+Written once to ``$COGVIDEO_ENGINE_HOME/default-v<version>`` (default ``~/.cache/cogvideo_engine``), laid out
+like the released model folder, so the CLI and examples run anywhere without the 14 GB released files:
+
+    cogvideo-stage1/, cogvideo-stage2/   SAT checkpoints (2 layers x 64, 4 heads, vocab 150010)
+    ice_text.model                        a tiny sentencepiece model trained on an embedded corpus
+    ice_image.pt                          icetk-format image decoder (decs.1 + codebook), random weights
+    cluster_label2.npy                    20000 token -> 500 cluster labels, random
+
+Every weight is random: videos and scores are numbers, not pictures of anything.
 """
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+import torch
+
 from .checkpoint import write_sat_checkpoint
 from .config import tiny_config
 from .model import CogVideoModel, init_random_weights
 
-DEFAULT_MODEL_VERSION = 1
+DEFAULT_MODEL_VERSION = 2
 DEFAULT_SEED = 1234
+_CORPUS = ["a cat plays the piano in a sunny room", "a dog runs on the beach at sunset",
+           "people dance in the rain", "the sea under a cloudy sky", "一只猫在弹钢琴", "视频 高清摄影",
+           "4.0秒 2.0秒 1.0秒 0.5秒", "a man is riding a horse", "lions walking in the grass"]
 
 
 def engine_home() -> Path:
     return Path(os.environ.get("COGVIDEO_ENGINE_HOME", Path.home() / ".cache" / "cogvideo_engine"))
 
 
-def default_model_path(stage: int = 1) -> Path:
-    """Directory of the embedded default stage-``stage`` checkpoint (SAT layout), created if missing."""
-    if stage not in (1, 2):
-        raise ValueError(f"stage must be 1 or 2, got {stage!r}")
-    target = engine_home() / f"default-stage{stage}-v{DEFAULT_MODEL_VERSION}"
-    if (target / "latest").is_file():
+def _write_tokenizer(path: Path):
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(_CORPUS * 10), model_writer=buf, vocab_size=60,
+                                   user_defined_symbols=["<n>"], character_coverage=1.0, num_threads=1,
+                                   minloglevel=2)
+    path.write_bytes(buf.getvalue())
+
+
+def _write_image_decoder(path: Path, seed: int):
+    from .vq_decoder import ImageDecoder
+
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, t in ImageDecoder().state_dict().items():
+        if t.dim() == 4:
+            state[name] = torch.randn(t.shape, generator=gen) / math.sqrt(t[0].numel())
+        elif "norm" in name and name.endswith("weight"):
+            state[name] = torch.ones(t.shape)
+        elif name == "quantize.embed.weight":
+            state[name] = torch.randn(t.shape, generator=gen)
+        else:
+            state[name] = torch.zeros(t.shape)
+    torch.save({"module": {k: v.half() for k, v in state.items()}}, path)
+
+
+def _write_assets(root: Path):
+    import numpy as np
+
+    for stage in (1, 2):
+        model = init_random_weights(CogVideoModel(tiny_config(stage)), seed=DEFAULT_SEED + stage)
+        write_sat_checkpoint(root / f"cogvideo-stage{stage}", model, iteration=1000 * stage)
+    _write_tokenizer(root / "ice_text.model")
+    _write_image_decoder(root / "ice_image.pt", DEFAULT_SEED)
+    labels = torch.randperm(20000, generator=torch.Generator().manual_seed(DEFAULT_SEED)) % 500
+    np.save(root / "cluster_label2.npy", labels.numpy().astype(np.int64))
+
+
+def default_assets_root() -> Path:
+    """Folder of the embedded default assets (the layout of the released model folder), created if missing."""
+    target = engine_home() / f"default-v{DEFAULT_MODEL_VERSION}"
+    if (target / "cluster_label2.npy").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    model = init_random_weights(CogVideoModel(tiny_config(stage)), seed=DEFAULT_SEED + stage)
     staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
-        write_sat_checkpoint(staging, model, iteration=1000 * stage)
+        _write_assets(staging)
         try:
             staging.rename(target)
         except OSError:  # another process finished first
-            if not (target / "latest").is_file():
+            if not (target / "cluster_label2.npy").is_file():
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def default_model_path(stage: int = 1) -> Path:
+    """Directory of the embedded default stage-``stage`` checkpoint (SAT layout), created if missing."""
+    if stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+    return default_assets_root() / f"cogvideo-stage{stage}"

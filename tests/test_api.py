@@ -1,0 +1,86 @@
+"""The public API and the generate command on the embedded default assets (random weights)."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cogvideo_engine import Cancelled, Engine, SamplingParams
+from cogvideo_engine.export import read_tokens, to_uint8, write_frames, write_gif, write_tokens
+
+FAST = SamplingParams(seed=5, only_first_stage=True)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("COGVIDEO_ENGINE_HOME", str(home))
+    yield Engine.default()  # the best available backend (the C++ kernel when built)
+    mp.undo()
+
+
+def test_generate_batch_seeds_and_outputs(engine):
+    videos = engine.generate(["a cat", "a dog"], [FAST, SamplingParams(seed=6, only_first_stage=True, num_samples=2)])
+    assert [v.prompt for v in videos] == ["a cat", "a dog", "a dog"] and [v.sample for v in videos] == [0, 0, 1]
+    v = videos[0]
+    assert v.frames.shape == (5, 160, 160, 3) and v.frames.dtype == torch.uint8 and v.tokens.shape == (5, 400)
+    assert v.fps == 4.0 and set(v.timings) == {"stage1", "decode", "total"}
+    assert v.latency["stage1"]["num_steps"] == 2000 and "p90_ms" in v.latency_report()
+    again = engine.generate("a cat", FAST)[0]
+    assert torch.equal(again.tokens, v.tokens)  # same seed, same video, whatever else was in the batch
+    assert not torch.equal(videos[1].tokens, videos[2].tokens)
+
+
+def test_cancel_stops_and_errors_are_named(engine):
+    calls = []
+
+    def stop_early(phase, done, total):
+        calls.append(done)
+        return done < 10
+
+    with pytest.raises(Cancelled, match="stage1 at step 10"):
+        engine.generate("a cat", FAST, progress=stop_early)
+    with pytest.raises(Cancelled):
+        engine.generate("a cat", FAST, cancel=lambda: True)
+    with pytest.raises(ValueError, match="no prompts"):
+        engine.generate([], FAST)
+    with pytest.raises(ValueError, match="2 prompts but 1"):
+        engine.generate(["a", "b"], [FAST])
+
+
+def test_resume_stage2_from_saved_stage1_tokens(engine, tmp_path):
+    first = engine.generate("a cat", FAST)[0]
+    saved = write_tokens(tmp_path / "s1.tokens.pt", first.tokens)
+    resumed = engine.generate("a cat", SamplingParams(seed=5), stage1_tokens_in=read_tokens(saved)[None])[0]
+    assert resumed.tokens.shape == (33, 400) and torch.equal(resumed.tokens[::8], first.tokens)
+    assert resumed.fps == 8.0
+
+
+def test_export_formats(tmp_path):
+    from PIL import Image
+
+    frames = to_uint8(torch.randn(3, 3, 16, 16))
+    assert frames.shape == (3, 16, 16, 3) and frames.dtype == torch.uint8
+    assert frames[0].max() == 255 and frames[0].min() == 0  # per-frame min-max, as the original saves
+    gif = write_gif(tmp_path / "v.gif", frames, fps=8)
+    assert Image.open(gif).n_frames == 3
+    folder = write_frames(tmp_path / "frames", frames)
+    assert sorted(p.name for p in folder.iterdir()) == ["0000.png", "0001.png", "0002.png"]
+    assert not list(tmp_path.glob("*.part"))  # no temporary leftovers
+    tokens = torch.randint(0, 20000, (5, 400))
+    assert torch.equal(read_tokens(write_tokens(tmp_path / "t.npy", tokens)), tokens)
+
+
+def test_generate_command_writes_a_gif(tmp_path):
+    env = {"COGVIDEO_ENGINE_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "cogvideo_engine", "generate", "a cat", "--only-first-stage",
+                          "-o", str(tmp_path / "cat.gif"), "--quiet"], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "cat.gif").is_file() and (tmp_path / "cat.tokens.pt").is_file()
+    assert "RANDOM weights" in out.stderr and "p50_ms" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "cogvideo_engine", "generate", "x", "--model-root",
+                          str(tmp_path / "nowhere")], capture_output=True, text=True, env=env, timeout=600)
+    assert bad.returncode == 2 and "error:" in bad.stderr

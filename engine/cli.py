@@ -1,4 +1,4 @@
-"""Command line: ``python -m cogvideo_engine {generate,score,convert}`` (also installed as ``cogvideo-engine``)."""
+"""Command line: ``python -m cogvideo_engine {generate,score,convert,info}`` (also installed as ``cogvideo-engine``)."""
 
 from __future__ import annotations
 
@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", default="auto")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=cmd_generate)
+    i = sub.add_parser("info", help="versions, devices and attention backends (and why one is missing)")
+    i.set_defaults(func=lambda args: print(__import__("cogvideo_engine.info", fromlist=["report"]).report()) or 0)
     c = sub.add_parser("convert", help="convert a SAT checkpoint to config.json + model.safetensors")
     c.add_argument("src")
     c.add_argument("dst")

@@ -31,3 +31,8 @@ def test_convert_command_and_errors(engine_home, tmp_path, capsys):
     assert converted.transformer.word_embeddings.weight.dtype == torch.float16
     assert main(["score", "--model", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_info_command(capsys):
+    assert main(["info"]) == 0
+    assert "attention backends on cpu" in capsys.readouterr().out

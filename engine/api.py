@@ -72,10 +72,15 @@ class VideoOutput:
         lines = [f"{'phase':8s} {'steps':>6s} {'avg_ms':>8s} {'p50_ms':>8s} {'p90_ms':>8s} {'p99_ms':>8s} "
                  f"{'tokens/s':>9s} {'seconds':>8s}"]
         for phase, r in self.latency.items():
+            if phase == "memory":
+                continue
             lines.append(f"{phase:8s} {r['num_steps']:6d} {r['avg_step_ms']:8.2f} {r['p50_step_ms']:8.2f} "
                          f"{r['p90_step_ms']:8.2f} {r['p99_step_ms']:8.2f} {r['tokens_per_s']:9.1f} "
                          f"{r['seconds']:8.2f}")
         lines.append("  ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
+        if "memory" in self.latency:
+            mem = self.latency["memory"]
+            lines.append(f"peak memory {mem['peak_bytes'] / 2**20:.0f} MiB ({mem['device']})")
         return "\n".join(lines)
 
 
@@ -127,12 +132,15 @@ class Engine:
     def generate(self, prompts: str | list[str], params: SamplingParams | list[SamplingParams] | None = None, *,
                  stage1_tokens_in: torch.Tensor | None = None,
                  progress: Callable[[str, int, int], bool | None] | None = None,
-                 cancel: Callable[[], bool] | None = None) -> list[VideoOutput]:
+                 cancel: Callable[[], bool] | None = None,
+                 profile_path: str | Path | None = None) -> list[VideoOutput]:
         """Generate ``num_samples`` videos per prompt.
 
         params: one for all prompts or one per prompt. stage1_tokens_in: ``[S, 5, 400]`` saved stage-1 tokens
         to resume stage 2 from (one prompt). progress: ``progress(phase, done, total)``; returning False
         cancels. cancel: polled at every step; True cancels. Cancelling raises :class:`Cancelled`.
+        profile_path: write a torch.profiler Chrome trace of the whole call there (phases are NVTX ranges on
+        CUDA).
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
@@ -143,6 +151,16 @@ class Engine:
             raise ValueError(f"{len(prompts)} prompts but {len(per_prompt)} SamplingParams")
         if stage1_tokens_in is not None and len(prompts) != 1:
             raise ValueError("stage1_tokens_in resumes one prompt")
+        if profile_path is not None:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            with torch.profiler.profile(activities=activities) as prof:
+                outputs = self.generate(prompts, per_prompt, stage1_tokens_in=stage1_tokens_in, progress=progress,
+                                        cancel=cancel)
+            Path(profile_path).parent.mkdir(parents=True, exist_ok=True)
+            prof.export_chrome_trace(str(profile_path))
+            return outputs
         outputs = []
         for prompt, p in zip(prompts, per_prompt):
             outputs += self._generate_one(prompt, p, stage1_tokens_in, progress, cancel)
@@ -165,6 +183,9 @@ class Engine:
             return hook
 
         start = time.perf_counter()
+        cuda = torch.cuda.is_available() and self.decoder.std.is_cuda
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         if resume is None:
             frames = stage1_tokens(self.stage1_model, self.tokenizer, prompt, p.num_samples, p.seed, self.sampler,
                                    settings, backend=self.backend, progress=step_hook("stage1"))
@@ -184,12 +205,20 @@ class Engine:
         decoded = [self.decode(frames[s].reshape(frames.shape[1], -1)) for s in range(frames.shape[0])]
         timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes()
         frame_len = frames.shape[-1]
         generated = {"stage1": p.num_samples * 5 * frame_len,
                      "stage2": p.num_samples * (frames.shape[1] - 5) * frame_len}
         latency = {phase: _latency(times, generated[phase], timings[phase]) for phase, times in step_times.items()}
+        latency["memory"] = {"peak_bytes": peak, "device": "cuda" if cuda else "cpu (max RSS)"}
         return [VideoOutput(prompt, s, p.seed, frames[s].reshape(frames.shape[1], -1), decoded[s], fps,
                             dict(timings), latency) for s in range(frames.shape[0])]
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def _latency(step_seconds: list[float], tokens: int, phase_seconds: float) -> dict:

@@ -89,18 +89,30 @@ def cmd_generate(args) -> int:
                             top_k=args.top_k, temperature2=args.coglm_temperature2,
                             guidance_alpha=args.guidance_alpha, schedule=args.schedule,
                             max_batch=args.max_inference_batch_size)
-    last = {}
+    bars = {}
 
     def progress(phase, done, total):
-        if not args.quiet and (done == total or done % 200 == 0) and last.get(phase) != done:
-            last[phase] = done
-            print(f"  {phase}: step {done}/{total}", file=sys.stderr, flush=True)
+        if args.quiet:
+            return
+        from tqdm import tqdm
+
+        bar = bars.get(phase)
+        if bar is None or bar.total != total or done < bar.n:  # a new pass within the phase
+            if bar is not None:
+                bar.close()
+            bar = bars[phase] = tqdm(total=total, desc=phase, unit="step", file=sys.stderr, leave=False)
+        bar.update(done - bar.n)
 
     resume = None
     if args.stage1_tokens:
         from .export import read_tokens
         resume = read_tokens(args.stage1_tokens).reshape(-1, 5, 400)
-    videos = engine.generate(prompts, params, progress=progress, stage1_tokens_in=resume)
+    try:
+        videos = engine.generate(prompts, params, progress=progress, stage1_tokens_in=resume,
+                                 profile_path=args.profile)
+    finally:
+        for bar in bars.values():
+            bar.close()
     out = Path(args.output)
     for i, video in enumerate(videos):
         stem = out if len(videos) == 1 else out.with_name(f"{out.stem}-{i:03d}{out.suffix}")
@@ -114,6 +126,8 @@ def cmd_generate(args) -> int:
         tokens_path = write_tokens(stem.with_suffix(".tokens.pt"), video.tokens)
         print(f"wrote {path} ({video.frames.shape[0]} frames, {video.fps:g} fps) and {tokens_path}")
         print(video.latency_report())
+    if args.profile:
+        print(f"profiler trace: {args.profile} (open in chrome://tracing or Perfetto)")
     return 0
 
 
@@ -167,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="cpu")
     g.add_argument("--backend", default="auto")
     g.add_argument("--quiet", action="store_true")
+    g.add_argument("--profile", metavar="PATH", help="write a torch.profiler Chrome trace of the run to PATH")
     g.set_defaults(func=cmd_generate)
     i = sub.add_parser("info", help="versions, devices and attention backends (and why one is missing)")
     i.set_defaults(func=lambda args: print(__import__("cogvideo_engine.info", fromlist=["report"]).report()) or 0)

@@ -40,9 +40,13 @@ def upscale_nearest(frames: torch.Tensor, size: int = 480) -> torch.Tensor:
 
 
 def _atomic(path: Path):
+    """A temporary file beside ``path`` with the permissions a plain ``open(path, "w")`` would give."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     return Path(tmp)
 
 

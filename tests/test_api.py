@@ -66,6 +66,7 @@ def test_export_formats(tmp_path):
     assert frames[0].max() == 255 and frames[0].min() == 0  # per-frame min-max, as the original saves
     gif = write_gif(tmp_path / "v.gif", frames, fps=8)
     assert Image.open(gif).n_frames == 3
+    assert gif.stat().st_mode & 0o044  # readable by others, like any file the user writes
     folder = write_frames(tmp_path / "frames", frames)
     assert sorted(p.name for p in folder.iterdir()) == ["0000.png", "0001.png", "0002.png"]
     assert not list(tmp_path.glob("*.part"))  # no temporary leftovers

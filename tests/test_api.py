@@ -1,5 +1,6 @@
 """The public API and the generate command on the embedded default assets (random weights)."""
 
+import os
 import subprocess
 import sys
 
@@ -66,7 +67,9 @@ def test_export_formats(tmp_path):
     assert frames[0].max() == 255 and frames[0].min() == 0  # per-frame min-max, as the original saves
     gif = write_gif(tmp_path / "v.gif", frames, fps=8)
     assert Image.open(gif).n_frames == 3
-    assert gif.stat().st_mode & 0o044  # readable by others, like any file the user writes
+    umask = os.umask(0)
+    os.umask(umask)
+    assert gif.stat().st_mode & 0o777 == 0o666 & ~umask  # the permissions of any file the user writes
     folder = write_frames(tmp_path / "frames", frames)
     assert sorted(p.name for p in folder.iterdir()) == ["0000.png", "0001.png", "0002.png"]
     assert not list(tmp_path.glob("*.part"))  # no temporary leftovers

@@ -9,6 +9,7 @@ No global state: an ``Engine`` holds its models, tokenizer, decoder and sampler;
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,8 +188,9 @@ class Engine:
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         if resume is None:
-            frames = stage1_tokens(self.stage1_model, self.tokenizer, prompt, p.num_samples, p.seed, self.sampler,
-                                   settings, backend=self.backend, progress=step_hook("stage1"))
+            with _nvtx("cogvideo.stage1", cuda):
+                frames = stage1_tokens(self.stage1_model, self.tokenizer, prompt, p.num_samples, p.seed,
+                                       self.sampler, settings, backend=self.backend, progress=step_hook("stage1"))
         else:
             frames = resume.long()
         timings["stage1"] = time.perf_counter() - start
@@ -197,12 +199,14 @@ class Engine:
             if self.stage2_model is None:
                 raise ValueError("no stage-2 model loaded: pass only_first_stage=True or a stage-2 checkpoint")
             t0 = time.perf_counter()
-            frames = stage2_tokens(self.stage2_model, self.tokenizer, prompt, frames, p.seed, self.sampler, settings,
-                                   backend=self.backend, progress=step_hook("stage2"))
+            with _nvtx("cogvideo.stage2", cuda):
+                frames = stage2_tokens(self.stage2_model, self.tokenizer, prompt, frames, p.seed, self.sampler,
+                                       settings, backend=self.backend, progress=step_hook("stage2"))
             timings["stage2"] = time.perf_counter() - t0
             fps = 8.0
         t0 = time.perf_counter()
-        decoded = [self.decode(frames[s].reshape(frames.shape[1], -1)) for s in range(frames.shape[0])]
+        with _nvtx("cogvideo.decode", cuda):
+            decoded = [self.decode(frames[s].reshape(frames.shape[1], -1)) for s in range(frames.shape[0])]
         timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes()
@@ -213,6 +217,18 @@ class Engine:
         latency["memory"] = {"peak_bytes": peak, "device": "cuda" if cuda else "cpu (max RSS)"}
         return [VideoOutput(prompt, s, p.seed, frames[s].reshape(frames.shape[1], -1), decoded[s], fps,
                             dict(timings), latency) for s in range(frames.shape[0])]
+
+
+@contextlib.contextmanager
+def _nvtx(name: str, enabled: bool):
+    """An NVTX range on CUDA (visible in Nsight Systems); nothing on CPU."""
+    if enabled:
+        torch.cuda.nvtx.range_push(name)
+    try:
+        yield
+    finally:
+        if enabled:
+            torch.cuda.nvtx.range_pop()
 
 
 def _peak_rss_bytes() -> int:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m cogvideo_engine {generate,score,convert,info}`` (also installed as ``cogvideo-engine``)."""
+"""Command line: ``python -m cogvideo_engine {generate,profile,score,convert,info}`` (also ``cogvideo-engine``)."""
 
 from __future__ import annotations
 
@@ -74,6 +74,8 @@ def cmd_generate(args) -> int:
     from .api import Engine, SamplingParams
     from .export import upscale_nearest, write_frames, write_gif, write_mp4, write_tokens
 
+    if not args.prompt and not args.prompt_file:
+        raise ValueError("give a prompt or --prompt-file")
     prompts = [args.prompt] if args.prompt else [
         line.strip() for line in open(args.prompt_file, encoding="utf-8") if line.strip()]
     kwargs = dict(device=args.device, dtype=DTYPES[args.dtype],
@@ -140,25 +142,7 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cogvideo_engine", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("score", help="teacher-forced scoring of a clip (random tokens) on a checkpoint")
-    s.add_argument("--model", help="SAT or converted checkpoint directory (default: the embedded default model)")
-    s.add_argument("--stage", default="stage1", help="pass: stage1-first-frame, stage1 or stage2")
-    s.add_argument("--frames", type=int, default=1, help="target frames to score (default 1)")
-    s.add_argument("--batch", type=int, default=1)
-    s.add_argument("--text-len", type=int, default=12)
-    s.add_argument("--text-bias", type=float, default=1.4)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--backend", default="reference",
-                   help="attention backend: reference, triton, auto (python -m cogvideo_engine.info lists them)")
-    s.add_argument("--json", action="store_true", help="print one JSON object")
-    s.add_argument("--quiet", action="store_true", help="no progress output")
-    s.set_defaults(func=cmd_score)
-    g = sub.add_parser("generate", help="text to video: stage 1, stage 2, VQ decode, export")
+def _add_generate_args(g: argparse.ArgumentParser, default_profile: str | None = None):
     g.add_argument("prompt", nargs="?", help="the prompt (or --prompt-file)")
     g.add_argument("--prompt-file", help="one prompt per line")
     g.add_argument("--output", "-o", default="output/video.gif", help="output path (suffix set by --format)")
@@ -181,8 +165,34 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="cpu")
     g.add_argument("--backend", default="auto")
     g.add_argument("--quiet", action="store_true")
-    g.add_argument("--profile", metavar="PATH", help="write a torch.profiler Chrome trace of the run to PATH")
+    g.add_argument("--profile", metavar="PATH", default=default_profile,
+                   help="write a torch.profiler Chrome trace of the run to PATH")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cogvideo_engine", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("score", help="teacher-forced scoring of a clip (random tokens) on a checkpoint")
+    s.add_argument("--model", help="SAT or converted checkpoint directory (default: the embedded default model)")
+    s.add_argument("--stage", default="stage1", help="pass: stage1-first-frame, stage1 or stage2")
+    s.add_argument("--frames", type=int, default=1, help="target frames to score (default 1)")
+    s.add_argument("--batch", type=int, default=1)
+    s.add_argument("--text-len", type=int, default=12)
+    s.add_argument("--text-bias", type=float, default=1.4)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--backend", default="reference",
+                   help="attention backend: reference, triton, auto (python -m cogvideo_engine.info lists them)")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--quiet", action="store_true", help="no progress output")
+    s.set_defaults(func=cmd_score)
+    g = sub.add_parser("generate", help="text to video: stage 1, stage 2, VQ decode, export")
+    _add_generate_args(g)
     g.set_defaults(func=cmd_generate)
+    pr = sub.add_parser("profile", help="generate with a torch.profiler Chrome trace (default output/trace.json)")
+    _add_generate_args(pr, default_profile="output/trace.json")
+    pr.set_defaults(func=cmd_generate)
     i = sub.add_parser("info", help="versions, devices and attention backends (and why one is missing)")
     i.set_defaults(func=lambda args: print(__import__("cogvideo_engine.info", fromlist=["report"]).report()) or 0)
     c = sub.add_parser("convert", help="convert a SAT checkpoint to config.json + model.safetensors")

@@ -36,3 +36,10 @@ def test_convert_command_and_errors(engine_home, tmp_path, capsys):
 def test_info_command(capsys):
     assert main(["info"]) == 0
     assert "attention backends on cpu" in capsys.readouterr().out
+
+
+def test_generate_needs_a_prompt(capsys):
+    assert main(["generate"]) == 2
+    assert "give a prompt or --prompt-file" in capsys.readouterr().err
+    args = __import__("cogvideo_engine.cli", fromlist=["build_parser"]).build_parser().parse_args(["profile", "x"])
+    assert args.profile == "output/trace.json" and args.prompt == "x"

@@ -4,7 +4,8 @@ sequential vs wavefront, for a model shape given by name (random weights).
     python bench/run_generation.py [--model tiny|medium|real] [--device cpu|cuda] [--backend auto] [--out F]
 
 Passes: stage-1 frames 1-4 for one frame (guided: cond and uncond rows in one forward) and one stage-2 window
-(2 target frames), each with the sequential and the wavefront schedule.
+(2 target frames), each with the sequential and the wavefront schedule, plus the stage-2 window the way the
+original code attends (sequential, per-query Python index lists + index_select + dense softmax).
 """
 
 from __future__ import annotations
@@ -50,6 +51,32 @@ def weight_bytes(model: CogVideoModel) -> int:
     return layers + plus + head.numel() * head.element_size()
 
 
+def original_style_attention(q, k, v, q_index, text_len, text_bias, rule):
+    """The original code's decode attention: per query, Python index lists of the rows it reads (stage-2
+    windows built from the clipped start/end loops, contiguous ranges otherwise), ``index_select``, dense
+    softmax. Prefill rows (many per call) go through the dense reference, as the original's NAR path."""
+    from attention_cases import Case, original_key_rows
+    from cogvideo_engine.kernels.reference import window_attention
+
+    if q.shape[2] > 4:
+        return window_attention(q, k, v, q_index, text_len, text_bias, rule)
+    out = torch.zeros_like(q)
+    scale = q.shape[-1] ** -0.5
+    for b in range(q.shape[0]):
+        t = int(text_len[b])
+        case = Case("decode", rule.pass_, rule.channel, rule.layer_parity, t, 1, None)
+        for j, qi in enumerate(q_index[b].tolist()):
+            if qi < 0 or (rule.temporal and qi < t):
+                continue
+            rows = [r if r < t else r - t + rule.text_capacity for r in original_key_rows(case, qi)]
+            idx = torch.tensor(rows, device=k.device)
+            s = (q[b, :, j:j + 1].float() * scale) @ k[b].index_select(1, idx).float().transpose(-1, -2)
+            if not rule.temporal or case.layout.kind(qi) == 2:
+                s[..., :t] += float(text_bias[b])
+            out[b, :, j:j + 1] = (torch.softmax(s, -1) @ v[b].index_select(1, idx).float()).to(q.dtype)
+    return out
+
+
 def run_pass(model, stage, text_len, guided, num_targets, schedule, backend, device):
     frame_len = model.config.geometry.frame_len
     gen = torch.Generator().manual_seed(0)
@@ -87,24 +114,34 @@ def main(argv=None) -> int:
     backend = None if args.backend == "auto" else args.backend
     env = environment(args.device)
     rows = []
-    for stage, label, targets, guided in [(1, "stage1-frame1-guided", 1, True), (2, "stage2-window", 2, False)]:
-        model = build(args.model, stage, args.device, dtype)
+    runs = [(1, "stage1-frame1-guided", 1, True, "sequential", backend),
+            (1, "stage1-frame1-guided", 1, True, "wavefront", backend),
+            (2, "stage2-window", 2, False, "sequential", backend),
+            (2, "stage2-window", 2, False, "wavefront", backend),
+            (2, "stage2-window", 2, False, "original-style", original_style_attention)]
+    models = {}
+    for stage, label, targets, guided, schedule, attention in runs:
+        if stage not in models:
+            models[stage] = build(args.model, stage, args.device, dtype)
+        model = models[stage]
         wbytes = weight_bytes(model)
-        for schedule in ("sequential", "wavefront"):
-            out, seconds, cache_bytes = run_pass(model, stage, 20 if stage == 1 else 9, guided, targets, schedule,
-                                                 backend, args.device)
-            tokens = out.tokens.numel()
-            row = {**env, "bench": "generation", "model": args.model, "pass": label, "schedule": schedule,
-                   "dtype": str(dtype).removeprefix("torch."), "backend": args.backend, "forward_steps": out.steps,
-                   "seconds": seconds, "ms_per_step": 1e3 * seconds / out.steps, "tokens_per_s": tokens / seconds,
-                   "kv_cache_bytes": cache_bytes, "weight_bytes": wbytes,
-                   "weight_gbytes_per_s": wbytes * out.steps / seconds / 1e9,
-                   "outside_forward_fraction": 1 - out.forward_seconds / out.seconds}
-            rows.append(row)
-            print(f"{args.model:7s} {label:22s} {schedule:10s} steps {out.steps:5d}  {row['ms_per_step']:7.2f} ms/step"
-                  f"  {row['tokens_per_s']:8.1f} tok/s  {seconds:7.2f} s  cache {cache_bytes / 1e6:8.1f} MB"
-                  f"  weights {row['weight_gbytes_per_s']:6.2f} GB/s"
-                  f"  outside forward {100 * row['outside_forward_fraction']:4.1f}%")
+        out, seconds, cache_bytes = run_pass(model, stage, 20 if stage == 1 else 9, guided, targets,
+                                             "sequential" if schedule == "original-style" else schedule,
+                                             attention, args.device)
+        tokens = out.tokens.numel()
+        row = {**env, "bench": "generation", "model": args.model, "pass": label, "schedule": schedule,
+               "dtype": str(dtype).removeprefix("torch."),
+               "backend": "original-style gather" if schedule == "original-style" else args.backend,
+               "forward_steps": out.steps,
+               "seconds": seconds, "ms_per_step": 1e3 * seconds / out.steps, "tokens_per_s": tokens / seconds,
+               "kv_cache_bytes": cache_bytes, "weight_bytes": wbytes,
+               "weight_gbytes_per_s": wbytes * out.steps / seconds / 1e9,
+               "outside_forward_fraction": 1 - out.forward_seconds / out.seconds}
+        rows.append(row)
+        print(f"{args.model:7s} {label:22s} {schedule:10s} steps {out.steps:5d}  {row['ms_per_step']:7.2f} ms/step"
+              f"  {row['tokens_per_s']:8.1f} tok/s  {seconds:7.2f} s  cache {cache_bytes / 1e6:8.1f} MB"
+              f"  weights {row['weight_gbytes_per_s']:6.2f} GB/s"
+              f"  outside forward {100 * row['outside_forward_fraction']:4.1f}%")
     out_path = args.out or Path(__file__).parent / "results" / f"generation-{args.model}-{args.device}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(rows, indent=1))

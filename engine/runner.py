@@ -78,13 +78,15 @@ class StaticCache:
 class ModelRunner:
     """Runs a :class:`CogVideoModel` with fused weights and a static cache (see the module docstring)."""
 
-    def __init__(self, model: CogVideoModel, backend: str | None = None):
+    def __init__(self, model: CogVideoModel, backend=None):
+        """``backend``: a backend name (None: the best available) or an attention function with the contract
+        of ``kernels.reference.window_attention`` (e.g. a benchmark's baseline)."""
         self.model = model
         cfg = model.config
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.backend = backend
-        self.attend = get_backend(backend, self.device)
+        self.attend = backend if callable(backend) else get_backend(backend, self.device)
         plus = model.mixins["attention_plus"]
         self.layers = []
         with torch.no_grad():

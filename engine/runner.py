@@ -25,7 +25,22 @@ from cogvideo_engine.kernels.layout import AttentionRule
 from cogvideo_engine.kernels.registry import get_backend
 from cogvideo_engine.kernels.rules import Pass, StreamLayout
 
+from .config import NUM_IMAGE_TOKENS
 from .model import CogVideoModel, gelu_tanh
+
+
+SMALL_ROWS = 8
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear``; on CPU with a few rows (decode) as ``W @ x^T``, which the CPU BLAS runs as a
+    weight-streaming kernel (measured 7x faster than ``F.linear`` for 2 rows x the 20000 x 512 head)."""
+    rows = x.numel() // x.shape[-1]
+    if x.is_cuda or rows > SMALL_ROWS:
+        return F.linear(x, weight, bias)
+    flat = x.reshape(rows, x.shape[-1])
+    out = torch.addmm(bias[:, None], weight, flat.t()) if bias is not None else weight @ flat.t()
+    return out.t().reshape(*x.shape[:-1], weight.shape[0])
 
 
 @dataclass
@@ -171,7 +186,7 @@ class ModelRunner:
         channels = 2 if cache.pass_.mixes_temporal else 1
         for layer_id, (layer, w) in enumerate(zip(model.transformer.layers, self.layers)):
             a = layer.input_layernorm(x)
-            qkv = F.linear(a, w.qkv_w[:3 * h * channels], w.qkv_b[:3 * h * channels])
+            qkv = _linear(a, w.qkv_w[:3 * h * channels], w.qkv_b[:3 * h * channels])
             contexts = []
             for channel in range(channels):
                 q, k, v = qkv[..., 3 * h * channel: 3 * h * (channel + 1)].split(h, dim=-1)
@@ -182,16 +197,19 @@ class ModelRunner:
                 ctx = self.attend(q.view(b, n, self.heads, self.head_dim).transpose(1, 2), k_all, v_all, *meta,
                                   cache.rule(name, layer_id))
                 contexts.append(ctx.transpose(1, 2).reshape(b, n, h))
-            out = F.linear(contexts[0], w.base_out_w, w.base_out_b)
+            out = _linear(contexts[0], w.base_out_w, w.base_out_b)
             if channels == 2:
-                mixed = F.linear(torch.cat(contexts, dim=-1), w.mixed_out_w, w.mixed_out_b)
+                mixed = _linear(torch.cat(contexts, dim=-1), w.mixed_out_w, w.mixed_out_b)
                 out = torch.where(mixes, mixed, out)
             x = x + layer.third_layernorm(out)
             m = layer.post_attention_layernorm(x)
-            x = x + layer.fourth_layernorm(layer.mlp.dense_4h_to_h(gelu_tanh(layer.mlp.dense_h_to_4h(m))))
+            up = _linear(m, layer.mlp.dense_h_to_4h.weight, layer.mlp.dense_h_to_4h.bias)
+            x = x + layer.fourth_layernorm(_linear(gelu_tanh(up), layer.mlp.dense_4h_to_h.weight,
+                                                   layer.mlp.dense_4h_to_h.bias))
         if not want_logits:
             return None
-        return model.logits(model.transformer.final_layernorm(x))
+        head = model.transformer.word_embeddings.weight[:NUM_IMAGE_TOKENS]
+        return _linear(model.transformer.final_layernorm(x).float(), head.float())
 
 
 def layouts_for(model: CogVideoModel, stage: Pass | str, text_lens: list[int], num_targets: int) -> list[StreamLayout]:

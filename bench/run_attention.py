@@ -131,7 +131,8 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (default 50 on CUDA, 3 on CPU)")
     p.add_argument("--impl", action="append", choices=sorted(IMPLS), help="repeatable; default: all")
     p.add_argument("--case", action="append", help="repeatable; default: all")
-    p.add_argument("--out", type=Path, help="JSON file for the rows (default bench/results/attention-<device>-<date>.json)")
+    p.add_argument("--out", type=Path,
+                   help="JSON file for the rows (default bench/results/attention-<device>-<date>.json)")
     args = p.parse_args(argv)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device == "cuda" else torch.float32)
     reps = args.reps or (50 if args.device == "cuda" else 3)

@@ -163,7 +163,7 @@ class Engine:
             prof.export_chrome_trace(str(profile_path))
             return outputs
         outputs = []
-        for prompt, p in zip(prompts, per_prompt):
+        for prompt, p in zip(prompts, per_prompt, strict=True):
             outputs += self._generate_one(prompt, p, stage1_tokens_in, progress, cancel)
         return outputs
 
@@ -179,7 +179,8 @@ class Engine:
                 now = time.perf_counter()
                 step_times.setdefault(phase, []).append(now - last[0])
                 last[0] = now
-                if (cancel is not None and cancel()) or (progress is not None and progress(phase, done, total) is False):
+                stop = cancel is not None and cancel()
+                if stop or (progress is not None and progress(phase, done, total) is False):
                     raise Cancelled(f"cancelled during {phase} at step {done}/{total}")
             return hook
 

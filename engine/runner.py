@@ -184,7 +184,7 @@ class ModelRunner:
         x = model.transformer.word_embeddings(ids) + model.position_embeddings(position)
         h = self.hidden
         channels = 2 if cache.pass_.mixes_temporal else 1
-        for layer_id, (layer, w) in enumerate(zip(model.transformer.layers, self.layers)):
+        for layer_id, (layer, w) in enumerate(zip(model.transformer.layers, self.layers, strict=True)):
             a = layer.input_layernorm(x)
             qkv = _linear(a, w.qkv_w[:3 * h * channels], w.qkv_b[:3 * h * channels])
             contexts = []

@@ -2,7 +2,6 @@
 
 import json
 import os
-import pickle
 import time
 import zipfile
 
@@ -174,7 +173,7 @@ def test_safetensors_round_trip(sat_dir, tmp_path):
     converted = load_model(out, dtype=torch.float16)
     assert time.perf_counter() - t0 < 10
     original = load_model(path, dtype=torch.float16)
-    for (k, a), (k2, b) in zip(original.state_dict().items(), converted.state_dict().items()):
+    for (k, a), (k2, b) in zip(original.state_dict().items(), converted.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b)
     assert converted.config == original.config
     # a converted directory converts again (e.g. to another dtype), and bad files are reported

@@ -5,7 +5,7 @@ import torch
 
 from cogvideo_engine.kernels.csrc_ops import csrc_status, window_attention_csrc
 from cogvideo_engine.kernels.layout import AttentionRule
-from cogvideo_engine.kernels.rules import FrameGeometry, Pass, StreamLayout
+from cogvideo_engine.kernels.rules import FrameGeometry, Pass
 
 from conftest import SMALL_GEOMETRY
 from kernel_cases import RULE_CASES, RULE_IDS, all_positions, check, decode_queries

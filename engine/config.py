@@ -96,6 +96,16 @@ class ModelConfig:
                    inner_hidden_size=cfg.get("inner_hidden_size"), stage=cfg.get("cogvideo_stage", 1),
                    geometry=geometry, stage1_windowed=bool(cfg.get("engine_stage1_windowed", False)))
 
+    def check_pass(self, pass_):
+        """The :class:`Pass` named by ``pass_``, if this checkpoint's stage runs it (else ``ValueError``)."""
+        from cogvideo_engine.kernels.rules import Pass
+
+        pass_ = Pass.parse(pass_)
+        if pass_.model_stage != self.stage:
+            raise ValueError(f"pass {pass_.value!r} runs on the stage-{pass_.model_stage} model, but this is the "
+                             f"stage-{self.stage} checkpoint")
+        return pass_
+
     def layout(self, pass_, text_len: int, num_targets: int):
         """The :class:`StreamLayout` of one stream of ``pass_`` on this model."""
         from cogvideo_engine.kernels.rules import Pass, StreamLayout

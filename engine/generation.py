@@ -54,10 +54,7 @@ def generate_pass(model: CogVideoModel, stage: Pass | str, text_ids: torch.Tenso
     forward as the main rows and are combined as ``guider + (cond - guider) * guidance_alpha``.
     ``runner`` (optional) reuses a :class:`ModelRunner` and its fused weights across calls.
     """
-    pass_ = Pass.parse(stage)
-    if pass_.model_stage != model.config.stage:
-        raise ValueError(f"pass {pass_.value!r} runs on the stage-{pass_.model_stage} model, but this is the "
-                         f"stage-{model.config.stage} checkpoint")
+    pass_ = model.config.check_pass(stage)
     batch = text_ids.shape[0]
     if len(row_keys) != batch:
         raise ValueError(f"{batch} rows but {len(row_keys)} row keys")

@@ -103,10 +103,7 @@ def teacher_forced_logits(model: CogVideoModel, stage: Pass | str, text_ids: tor
     progress: called as ``progress(steps_done, steps_total)`` after every cached step.
     backend: attention backend by name (``reference``, ``triton``, ...; None: the best available).
     """
-    pass_ = Pass.parse(stage)
-    if pass_.model_stage != model.config.stage:
-        raise ValueError(f"pass {pass_.value!r} runs on the stage-{pass_.model_stage} model, but this is the "
-                         f"stage-{model.config.stage} checkpoint")
+    pass_ = model.config.check_pass(stage)
     geometry = model.config.geometry
     vocab = model.config.vocab_size
     _check_ids("text_ids", text_ids, 2, vocab)

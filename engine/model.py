@@ -217,7 +217,8 @@ class CogVideoModel(nn.Module):
         filled_after[index] = True
         channels = ["spatial", "temporal"] if layout.pass_.mixes_temporal else ["spatial"]
         for name in channels:
-            for layer_id in range(min(2, self.config.num_layers)):
+            parities = 2 if name == "temporal" else 1  # only the temporal channel varies by layer parity
+            for layer_id in range(min(parities, self.config.num_layers)):
                 if (cache.visibility(name, layer_id).visible[index] & ~filled_after).any():
                     raise ValueError(f"a fed position attends ({name} channel) to a position not fed yet")
         cache.filled = filled_after

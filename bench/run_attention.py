@@ -110,6 +110,13 @@ def run(device: str, dtype: torch.dtype, reps: int, impls: list[str], case_names
     return rows
 
 
+def write_rows(rows: list[dict], path: Path):
+    """The benchmark's JSON rows (bench/results/ by default)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1))
+    print(f"wrote {len(rows)} rows to {path}")
+
+
 def print_table(rows: list[dict]):
     print(f"{'case':32s} {'impl':7s} {'ms':>9s} {'TFLOP/s':>8s} {'GB/s':>8s}  note")
     for r in rows:
@@ -138,11 +145,8 @@ def main(argv=None) -> int:
     reps = args.reps or (50 if args.device == "cuda" else 3)
     rows = run(args.device, dtype, reps, args.impl or list(IMPLS), args.case)
     print_table(rows)
-    out = args.out or Path(__file__).parent / "results" / (
-        f"attention-{args.device}-{datetime.date.today().isoformat()}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=1))
-    print(f"wrote {len(rows)} rows to {out}")
+    write_rows(rows, args.out or Path(__file__).parent / "results" / (
+        f"attention-{args.device}-{datetime.date.today().isoformat()}.json"))
     return 0
 
 

@@ -11,7 +11,6 @@ original code attends (sequential, per-query Python index lists + index_select +
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_attention import environment  # noqa: E402
+from run_attention import environment, write_rows  # noqa: E402
 
 from cogvideo_engine.config import ModelConfig, tiny_config  # noqa: E402
 from cogvideo_engine.generation import generate_pass  # noqa: E402
@@ -142,10 +141,7 @@ def main(argv=None) -> int:
               f"  {row['tokens_per_s']:8.1f} tok/s  {seconds:7.2f} s  cache {cache_bytes / 1e6:8.1f} MB"
               f"  weights {row['weight_gbytes_per_s']:6.2f} GB/s"
               f"  outside forward {100 * row['outside_forward_fraction']:4.1f}%")
-    out_path = args.out or Path(__file__).parent / "results" / f"generation-{args.model}-{args.device}.json"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(rows, indent=1))
-    print(f"wrote {len(rows)} rows to {out_path}")
+    write_rows(rows, args.out or Path(__file__).parent / "results" / f"generation-{args.model}-{args.device}.json")
     return 0
 
 

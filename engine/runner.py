@@ -25,7 +25,7 @@ from cogvideo_engine.kernels.layout import AttentionRule
 from cogvideo_engine.kernels.registry import get_backend
 from cogvideo_engine.kernels.rules import Pass, StreamLayout
 
-from .config import NUM_IMAGE_TOKENS
+from .config import NUM_IMAGE_TOKENS, ModelConfig
 from .model import CogVideoModel, gelu_tanh
 
 
@@ -61,8 +61,7 @@ class StaticCache:
     absorbs the writes of padded queries. Kernels read it through a ``[B, H, rows, d]`` strided view.
     """
 
-    def __init__(self, runner: "ModelRunner", layouts: list[StreamLayout], dtype, device):
-        cfg = runner.model.config
+    def __init__(self, cfg: ModelConfig, layouts: list[StreamLayout], dtype, device):
         first = layouts[0]
         self.layouts = layouts
         self.pass_ = first.pass_
@@ -127,7 +126,7 @@ class ModelRunner:
             if (lay.pass_, lay.num_targets, lay.geometry, lay.stage1_windowed) != \
                     (first.pass_, first.num_targets, first.geometry, first.stage1_windowed):
                 raise ValueError("rows of one cache must share the pass, targets, geometry and temporal rule")
-        return StaticCache(self, layouts, self.dtype, self.device)
+        return StaticCache(self.model.config, layouts, self.dtype, self.device)
 
     # -- inputs -------------------------------------------------------------------------------------------
 

@@ -1,0 +1,86 @@
+"""The super-resolution local-attention rules and reference twin against independent constructions."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cogvideo_engine.kernels.local_reference import local_additive, local_attention
+from cogvideo_engine.kernels.local_rules import DSR_GEOMETRY, LocalGeometry, visible_count
+
+from local_cases import LOCAL_GEOMETRIES, LOCAL_IDS, make_inputs
+
+
+def unfold_attention(q, k, v, k_low, v_low, g: LocalGeometry):
+    """The original's formulation: per query, scores over a (kH x kW) patch of padded key grids, filled with
+    -10000 outside the frame, low-resolution patch first, one softmax, then weighting of the same patches."""
+    b, h, n, d = q.shape
+    rh, rw, rl = g.window_rows // 2, g.window_cols // 2, g.low_window // 2
+
+    def patches(x, grid, ph, pw):  # [B, H, grid*grid, d] -> [B, H, grid, grid, d] padded, with validity
+        x = x.reshape(b, h, grid, grid, d)
+        valid = torch.ones(grid, grid)
+        return F.pad(x, (0, 0, pw, pw, ph, ph)), F.pad(valid, (pw, pw, ph, ph))
+
+    kh, valid_h = patches(k.float(), g.grid, rh, rw)
+    vh, _ = patches(v.float(), g.grid, rh, rw)
+    kl, valid_l = patches(k_low.float(), g.low_grid, rl, rl)
+    vl, _ = patches(v_low.float(), g.low_grid, rl, rl)
+    out = torch.empty(b, h, n, d)
+    for r in range(g.grid):
+        for c in range(g.grid):
+            lr, lc = r // g.ratio, c // g.ratio
+            keys = [kl[:, :, lr:lr + g.low_window, lc:lc + g.low_window].reshape(b, h, -1, d),
+                    kh[:, :, r:r + g.window_rows, c:c + g.window_cols].reshape(b, h, -1, d)]
+            vals = [vl[:, :, lr:lr + g.low_window, lc:lc + g.low_window].reshape(b, h, -1, d),
+                    vh[:, :, r:r + g.window_rows, c:c + g.window_cols].reshape(b, h, -1, d)]
+            ok = torch.cat([valid_l[lr:lr + g.low_window, lc:lc + g.low_window].reshape(-1),
+                            valid_h[r:r + g.window_rows, c:c + g.window_cols].reshape(-1)]).bool()
+            qi = q[:, :, r * g.grid + c].float() / math.sqrt(d)
+            scores = torch.einsum("bhd,bhkd->bhk", qi, torch.cat(keys, 2)).masked_fill(~ok, -10000.0)
+            out[:, :, r * g.grid + c] = torch.einsum("bhk,bhkd->bhd", scores.softmax(-1), torch.cat(vals, 2))
+    return out
+
+
+@pytest.mark.parametrize("geometry", LOCAL_GEOMETRIES, ids=LOCAL_IDS)
+def test_reference_matches_unfold_formulation(geometry):
+    inputs = make_inputs(geometry, d=8)
+    torch.testing.assert_close(local_attention(*inputs, geometry, query_chunk=7),
+                               unfold_attention(*inputs, geometry), atol=1e-5, rtol=1e-5)
+
+
+def test_released_window_counts():
+    g = DSR_GEOMETRY
+    assert (g.grid, g.low_grid, g.ratio, g.keys_per_query) == (60, 20, 3, 70)
+    assert visible_count(g, 0) == 5 * 3 + 3 * 3            # corner: rows 0..4, cols 0..2; low 0..2 x 0..2
+    assert visible_count(g, 30 * 60 + 30) == 70
+    assert visible_count(g, 59 * 60 + 59) == 5 * 3 + 3 * 3
+    additive = local_additive(g)
+    assert additive.shape == (3600, 4000)
+    assert int(torch.isfinite(additive).sum()) == sum(visible_count(g, q) for q in range(0, 3600, 1)) 
+
+
+def test_low_window_is_centred_on_the_low_resolution_cell():
+    g = DSR_GEOMETRY
+    row = local_additive(g)[3 * 60 + 3][3600:].reshape(20, 20)  # query (3, 3) -> low cell (1, 1)
+    seen = torch.isfinite(row).nonzero().tolist()
+    assert seen == [[r, c] for r in range(0, 4) for c in range(0, 4)]
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(grid=10, low_grid=4), "multiple"), (dict(window_rows=4), "odd"), (dict(low_grid=0), "positive")])
+def test_geometry_errors_name_the_constraint(bad, match):
+    with pytest.raises(ValueError, match=match):
+        LocalGeometry(**bad)
+
+
+def test_input_errors_name_the_constraint():
+    g = LOCAL_GEOMETRIES[0]
+    q, k, v, kl, vl = make_inputs(g)
+    with pytest.raises(ValueError, match="queries"):
+        local_attention(q[:, :, :5], k, v, kl, vl, g)
+    with pytest.raises(ValueError, match="k_low"):
+        local_attention(q, k, v, kl[:, :, :1], vl, g)
+    with pytest.raises(ValueError, match="dtype"):
+        local_attention(q, k.double(), v, kl, vl, g)

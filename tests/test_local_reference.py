@@ -58,7 +58,7 @@ def test_released_window_counts():
     assert visible_count(g, 59 * 60 + 59) == 5 * 3 + 3 * 3
     additive = local_additive(g)
     assert additive.shape == (3600, 4000)
-    assert int(torch.isfinite(additive).sum()) == sum(visible_count(g, q) for q in range(0, 3600, 1)) 
+    assert int(torch.isfinite(additive).sum()) == sum(visible_count(g, q) for q in range(3600))
 
 
 def test_low_window_is_centred_on_the_low_resolution_cell():

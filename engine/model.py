@@ -47,7 +47,7 @@ class _MLP(nn.Module):
 
 
 class _Layer(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg):
         super().__init__()
         h, eps = cfg.hidden_size, cfg.layernorm_epsilon
         self.input_layernorm = nn.LayerNorm(h, eps=eps)
@@ -57,9 +57,20 @@ class _Layer(nn.Module):
         self.mlp = _MLP(h, cfg.ffn_hidden_size)
         self.fourth_layernorm = nn.LayerNorm(h, eps=eps)
 
+    def finish(self, x: torch.Tensor, attention_out: torch.Tensor) -> torch.Tensor:
+        """The rest of a sandwich-LN layer once attention (input LN applied before it) has given its output."""
+        x = x + self.third_layernorm(attention_out)
+        return x + self.fourth_layernorm(self.mlp(self.post_attention_layernorm(x)))
 
-class _Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+
+class Backbone(nn.Module):
+    """The CogView2 backbone (``transformer.*``) shared by the CogVideo stage models and the DSR model.
+
+    ``cfg`` needs ``vocab_size``, ``hidden_size``, ``max_sequence_length``, ``num_layers``,
+    ``ffn_hidden_size`` and ``layernorm_epsilon``.
+    """
+
+    def __init__(self, cfg):
         super().__init__()
         self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.position_embeddings = nn.Embedding(cfg.max_sequence_length, cfg.hidden_size)
@@ -138,7 +149,7 @@ class CogVideoModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.transformer = _Transformer(config)
+        self.transformer = Backbone(config)
         self.mixins = nn.ModuleDict({"extra_position_embedding": _ExtraPositions(config),
                                      "attention_plus": _AttentionPlus(config)})
 
@@ -240,8 +251,7 @@ class CogVideoModel(nn.Module):
                 alpha = torch.sigmoid(plus.attn_distribution[layer_id])
                 mixed = out * alpha + plus.dense[layer_id](ctx_t) * (1 - alpha)
                 out = torch.where(mixes, mixed, out)
-            x = x + layer.third_layernorm(out)
-            x = x + layer.fourth_layernorm(layer.mlp(layer.post_attention_layernorm(x)))
+            x = layer.finish(x, out)
         return self.logits(self.transformer.final_layernorm(x))
 
     def forward_full(self, input_ids: torch.Tensor, layout: StreamLayout, text_bias: float, *,

@@ -3,6 +3,10 @@
 Each kernel becomes ``cogvideo_engine::<name>(q, k, v, q_index, text_len, text_bias, pass, channel,
 layer_parity, grid, window, shift, text_capacity) -> Tensor`` with a fake (meta) implementation returning a
 tensor like ``q``: ``window_attention_triton`` here, ``window_attention_csrc`` in :mod:`.csrc_ops`.
+
+The super-resolution local attention becomes ``cogvideo_engine::<name>(q, k, v, k_low, v_low, grid,
+low_grid, window_rows, window_cols, low_window) -> Tensor``: ``local_attention_triton`` and
+``local_attention_csrc``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Callable
 import torch
 
 from .layout import AttentionRule
+from .local_rules import LocalGeometry
 from .rules import FrameGeometry
 
 KernelFn = Callable[..., torch.Tensor]
@@ -61,3 +66,42 @@ def _triton_kernel(q, k, v, q_index, text_len, text_bias, rule):
 
 window_attention_triton_op = register_window_attention_op("window_attention_triton", _triton_kernel, "triton")
 """The Triton kernel through its registered op (same contract as ``reference.window_attention``)."""
+
+
+def register_local_attention_op(name: str, kernel: KernelFn) -> KernelFn:
+    """Register ``kernel`` (the ``local_reference.local_attention`` contract) as ``cogvideo_engine::<name>``
+    and return a caller with that same contract that goes through the op."""
+
+    @torch.library.custom_op(f"cogvideo_engine::{name}", mutates_args=())
+    def op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_low: torch.Tensor, v_low: torch.Tensor, grid: int,
+           low_grid: int, window_rows: int, window_cols: int, low_window: int) -> torch.Tensor:
+        return kernel(q, k, v, k_low, v_low, LocalGeometry(grid, low_grid, window_rows, window_cols, low_window))
+
+    @op.register_fake
+    def _(q, k, v, k_low, v_low, grid, low_grid, window_rows, window_cols, low_window):
+        return torch.empty_like(q)
+
+    def call(q, k, v, k_low, v_low, geometry: LocalGeometry) -> torch.Tensor:
+        g = geometry
+        return op(q, k, v, k_low, v_low, g.grid, g.low_grid, g.window_rows, g.window_cols, g.low_window)
+
+    call.__name__ = f"{name}_op"
+    return call
+
+
+def _local_triton_kernel(q, k, v, k_low, v_low, geometry):
+    from .triton_local_attention import local_attention_triton
+
+    return local_attention_triton(q, k, v, k_low, v_low, geometry)
+
+
+def _local_csrc_kernel(q, k, v, k_low, v_low, geometry):
+    from .csrc_ops import local_attention_csrc
+
+    return local_attention_csrc(q, k, v, k_low, v_low, geometry)
+
+
+local_attention_triton_op = register_local_attention_op("local_attention_triton", _local_triton_kernel)
+"""The Triton local-attention kernel through its registered op."""
+local_attention_csrc_op = register_local_attention_op("local_attention_csrc", _local_csrc_kernel)
+"""The csrc (C++ CPU / CUDA) local-attention kernel through its registered op."""

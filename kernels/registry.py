@@ -5,6 +5,10 @@ A backend is a function with the contract of :func:`cogvideo_engine.kernels.refe
 cannot run). Backends: ``reference`` (dense masks, PyTorch, any device), ``triton`` (fused kernel; CUDA, or
 CPU under ``TRITON_INTERPRET=1`` for tests), ``cpu`` and ``cuda`` (the csrc C++/CUDA kernels in
 ``cogvideo_engine._C``).
+
+The super-resolution model's local attention (the contract of
+:func:`cogvideo_engine.kernels.local_reference.local_attention`) has the same four backends under the same
+names and the same preference: :func:`get_local_backend`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Callable
 import torch
 
 WindowAttentionFn = Callable[..., torch.Tensor]
+LocalAttentionFn = Callable[..., torch.Tensor]
 
 # Measured on CPU (bench/results/attention-cpu-*.json): the C++ kernel beats the dense reference on every case.
 # On CUDA no measurement exists yet: Triton (tensor-core tiles) first, then the CUDA C++ kernel (CUDA cores).
@@ -87,3 +92,36 @@ def get_backend(name: str | None, device: torch.device | str = "cpu") -> WindowA
         return window_attention_triton_op
     from .csrc_ops import window_attention_csrc_op
     return window_attention_csrc_op
+
+
+def _local_status(status: BackendStatus) -> BackendStatus:
+    """A window-attention backend's status, narrowed to whether its build has the local-attention kernel."""
+    if status.available and status.name in ("cpu", "cuda"):
+        from .csrc_ops import _C
+
+        if not hasattr(_C, "local_attention"):
+            return BackendStatus(status.name, False, "cogvideo_engine._C predates the local-attention kernel: "
+                                                     "rebuild the extension (pip install -e .)")
+    return status
+
+
+def local_backend_status(device: torch.device | str = "cpu") -> list[BackendStatus]:
+    """Every local-attention backend with whether it can run on ``device`` and why (not)."""
+    return [_local_status(s) for s in backend_status(device)]
+
+
+def get_local_backend(name: str | None, device: torch.device | str = "cpu") -> LocalAttentionFn:
+    """The super-resolution local-attention function of backend ``name`` (None/"auto": best on ``device``)."""
+    status = {s.name: s for s in local_backend_status(device)}
+    if name in (None, "auto"):
+        name = next(n for n in PREFERENCE.get(torch.device(device).type, ("reference",)) if status[n].available)
+    if name not in status:
+        raise ValueError(f"unknown attention backend {name!r}: expected one of {', '.join(NAMES)}")
+    if not status[name].available:
+        raise ValueError(f"attention backend {name!r} cannot run the local attention on {device}: "
+                         f"{status[name].reason}")
+    if name == "reference":
+        from .local_reference import local_attention
+        return local_attention
+    from . import ops
+    return ops.local_attention_triton_op if name == "triton" else ops.local_attention_csrc_op

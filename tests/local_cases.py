@@ -1,6 +1,9 @@
 """Geometries and the checking helper shared by every backend of the super-resolution local attention."""
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from cogvideo_engine.kernels.local_reference import local_attention
 from cogvideo_engine.kernels.local_rules import DSR_GEOMETRY, LocalGeometry
@@ -47,4 +50,35 @@ def check_local(kernel, geometry, **kw):
     return out
 
 
-__all__ = ["DSR_GEOMETRY", "LOCAL_GEOMETRIES", "LOCAL_IDS", "check_local", "make_inputs"]
+def unfold_attention(q, k, v, k_low, v_low, g: LocalGeometry):
+    """The original's formulation: per query, scores over a (kH x kW) patch of padded key grids, filled with
+    -10000 outside the frame, low-resolution patch first, one softmax, then weighting of the same patches."""
+    b, h, n, d = q.shape
+    rh, rw, rl = g.window_rows // 2, g.window_cols // 2, g.low_window // 2
+
+    def patches(x, grid, ph, pw):  # [B, H, grid*grid, d] -> [B, H, grid, grid, d] padded, with validity
+        x = x.reshape(b, h, grid, grid, d)
+        valid = torch.ones(grid, grid)
+        return F.pad(x, (0, 0, pw, pw, ph, ph)), F.pad(valid, (pw, pw, ph, ph))
+
+    kh, valid_h = patches(k.float(), g.grid, rh, rw)
+    vh, _ = patches(v.float(), g.grid, rh, rw)
+    kl, valid_l = patches(k_low.float(), g.low_grid, rl, rl)
+    vl, _ = patches(v_low.float(), g.low_grid, rl, rl)
+    out = torch.empty(b, h, n, d)
+    for r in range(g.grid):
+        for c in range(g.grid):
+            lr, lc = r // g.ratio, c // g.ratio
+            keys = [kl[:, :, lr:lr + g.low_window, lc:lc + g.low_window].reshape(b, h, -1, d),
+                    kh[:, :, r:r + g.window_rows, c:c + g.window_cols].reshape(b, h, -1, d)]
+            vals = [vl[:, :, lr:lr + g.low_window, lc:lc + g.low_window].reshape(b, h, -1, d),
+                    vh[:, :, r:r + g.window_rows, c:c + g.window_cols].reshape(b, h, -1, d)]
+            ok = torch.cat([valid_l[lr:lr + g.low_window, lc:lc + g.low_window].reshape(-1),
+                            valid_h[r:r + g.window_rows, c:c + g.window_cols].reshape(-1)]).bool()
+            qi = q[:, :, r * g.grid + c].float() / math.sqrt(d)
+            scores = torch.einsum("bhd,bhkd->bhk", qi, torch.cat(keys, 2)).masked_fill(~ok, -10000.0)
+            out[:, :, r * g.grid + c] = torch.einsum("bhk,bhkd->bhd", scores.softmax(-1), torch.cat(vals, 2))
+    return out
+
+
+__all__ = ["DSR_GEOMETRY", "LOCAL_GEOMETRIES", "LOCAL_IDS", "check_local", "make_inputs", "unfold_attention"]

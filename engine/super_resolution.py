@@ -1,0 +1,97 @@
+"""Direct super-resolution of generated frames: one DSR forward per frame, all 3600 tokens sampled at once.
+
+Per frame (SPEC.md §6.2): the prompt (``encode(prompt)``, no suffix or prefix) and the frame's 400 tokens go
+in, the 3600 high-resolution tokens come out of a single forward, drawn with the cluster sampler at
+temperature 1.0, top-6 clusters, temperature 0.6 inside the chosen cluster. Frames are independent, so they
+are batched (``max_batch`` as the original's 12, lowered to what fits in memory).
+
+Randomness keys: ``(seed, sample, 3, 0, frame) + (0, position)`` -- pass 3 is super-resolution -- so a
+frame's tokens do not depend on how frames are batched.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .dsr import DsrModel
+from .sampler import ClusterSampler, PassSampling
+
+SR_SAMPLING = PassSampling(temperature=1.0, top_k=6, temperature2=0.6)
+"""``IterativeEntfilterStrategy(topk=6)`` with its hard-coded inner temperature 0.6."""
+SR_PASS = 3
+SAMPLE_CHUNK = 1024  # logits rows materialised at once while sampling
+
+
+@dataclass
+class SuperResolution:
+    """``tokens`` ``LongTensor[F, N]`` (N = 3600) and the seconds each batch of frames took (forward + sampling)."""
+
+    tokens: torch.Tensor
+    batch_seconds: list[float] = field(default_factory=list)
+    batch_frames: list[int] = field(default_factory=list)
+
+    @property
+    def frame_ms(self) -> list[float]:
+        """Milliseconds per frame, one entry per frame (each frame gets its batch's time / batch size)."""
+        return [1e3 * s / n for s, n in zip(self.batch_seconds, self.batch_frames) for _ in range(n)]
+
+
+def bytes_per_frame(model: DsrModel) -> int:
+    """Activation bytes one frame needs at the peak of a forward (a generous estimate)."""
+    c = model.config
+    rows = c.text_len + c.local.num_low + c.local.num_queries
+    itemsize = next(model.parameters()).element_size()
+    per_layer = rows * (3 * c.hidden_size * 2 + c.ffn_hidden_size * 2 + 4 * c.hidden_size) * itemsize
+    level0 = 4 * c.num_attention_heads * (c.text_len + c.local.num_low) ** 2
+    local = 4 * c.num_attention_heads * c.local.num_queries * c.head_dim * 6  # fp32 copies in the reference
+    return per_layer + level0 + local
+
+
+def frames_per_batch(model: DsrModel, max_batch: int, memory_fraction: float = 0.5) -> int:
+    """How many frames one forward takes: ``max_batch``, lowered so the estimate fits in ``memory_fraction`` of
+    the free device memory (CUDA) or of the available RAM (CPU)."""
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):  # not on Linux: trust max_batch
+            return max(1, max_batch)
+    return max(1, min(max_batch, int(free * memory_fraction) // bytes_per_frame(model)))
+
+
+def super_resolve(model: DsrModel, text_ids: list[list[int]], frames: torch.Tensor, sampler: ClusterSampler,
+                  frame_keys: list[tuple[int, ...]], boi_id: int, *, params: PassSampling = SR_SAMPLING,
+                  max_batch: int = 12, backend: str | None = None, progress=None) -> SuperResolution:
+    """Super-resolve ``frames`` ``LongTensor[F, 400]`` to ``LongTensor[F, 3600]``.
+
+    text_ids: per frame the prompt ids; frame_keys: per frame its randomness key prefix (see the module
+    docstring); progress: ``progress(done_frames, total_frames)`` after every batch.
+    """
+    n = frames.shape[0]
+    if len(text_ids) != n or len(frame_keys) != n:
+        raise ValueError(f"{n} frames need {n} prompts and {n} keys, got {len(text_ids)} and {len(frame_keys)}")
+    batch = frames_per_batch(model, max_batch)
+    out = torch.empty(n, model.config.local.num_queries, dtype=torch.long)
+    result = SuperResolution(out)
+    for start in range(0, n, batch):
+        t0 = time.perf_counter()
+        stop = min(n, start + batch)
+        hidden = model.hidden_states(text_ids[start:stop], frames[start:stop], boi_id, backend=backend)
+        positions = hidden.shape[1]
+        for row in range(stop - start):
+            key = frame_keys[start + row]
+            for c0 in range(0, positions, SAMPLE_CHUNK):
+                logits = model.logits(hidden[row, c0:c0 + SAMPLE_CHUNK])
+                keys = [tuple(key) + (0, j) for j in range(c0, c0 + logits.shape[0])]
+                out[start + row, c0:c0 + logits.shape[0]] = sampler.sample(logits, params, keys).cpu()
+        result.batch_seconds.append(time.perf_counter() - t0)
+        result.batch_frames.append(stop - start)
+        if progress is not None:
+            progress(stop, n)
+    return result

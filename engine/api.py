@@ -2,7 +2,8 @@
 
     engine = Engine.from_pretrained("/models/cogvideo")          # or Engine.default(): random tiny assets
     [video] = engine.generate("a cat plays the piano", SamplingParams(seed=1))
-    video.frames   # uint8 [33, 160, 160, 3]   video.tokens  # [33, 400]   video.timings  # seconds per stage
+    video.frames   # uint8 [33, 480, 480, 3] with cogview2-dsr (else [33, 160, 160, 3])
+    video.tokens   # [33, 400]   video.sr_tokens  # [33, 3600]   video.timings  # seconds per stage
 
 No global state: an ``Engine`` holds its models, tokenizer, decoder and sampler; requests carry their seeds.
 """
@@ -18,9 +19,11 @@ from typing import Callable
 import torch
 
 from .checkpoint import load_model
+from .dsr import load_dsr_model
 from .export import to_uint8
 from .pipeline import PipelineSettings, stage1_tokens, stage2_tokens
 from .sampler import ClusterSampler, PassSampling
+from .super_resolution import SR_PASS, super_resolve
 from .text_tokenizer import TextTokenizer
 from .vq_decoder import load_image_decoder
 
@@ -45,6 +48,9 @@ class SamplingParams:
     first_frame_top_k: int = 16
     schedule: str = "wavefront"
     max_batch: int = 8
+    super_resolution: bool | None = None
+    """480x480 output through the DSR model; None: on when the engine's DSR checkpoint was given."""
+    sr_max_batch: int = 12  # frames per super-resolution forward (lowered to what fits in memory)
 
     def pipeline_settings(self, boi_id: int) -> PipelineSettings:
         return PipelineSettings(
@@ -56,8 +62,10 @@ class SamplingParams:
 
 @dataclass
 class VideoOutput:
-    """One generated video: ``frames`` uint8 ``[F, H, W, 3]``, ``tokens`` ``[F, 400]``, ``fps`` (4 for stage 1
-    only, 8 with stage 2), ``timings`` in seconds (``stage1``, ``stage2``, ``decode``, ``total``)."""
+    """One generated video: ``frames`` uint8 ``[F, H, W, 3]`` (480x480 after super-resolution, else 160x160),
+    ``tokens`` ``[F, 400]``, ``sr_tokens`` ``[F, 3600]`` (None without super-resolution), ``fps`` (4 for stage 1
+    only, 8 with stage 2), ``timings`` in seconds (``stage1``, ``stage2``, ``super_resolution``, ``decode``,
+    ``total``)."""
 
     prompt: str
     sample: int
@@ -67,15 +75,17 @@ class VideoOutput:
     fps: float
     timings: dict[str, float] = field(default_factory=dict)
     latency: dict[str, dict[str, float]] = field(default_factory=dict)
-    """Per phase (stage1, stage2): forward steps, ms/step mean/p50/p90/p99, tokens/s (vLLM-style names)."""
+    """Per phase: ``num_steps``, ms per step mean/p50/p90/p99, tokens/s (vLLM-style names). Steps are forward
+    steps for stage1/stage2 and frames for super_resolution and decode (ms per frame)."""
+    sr_tokens: torch.Tensor | None = None
 
     def latency_report(self) -> str:
-        lines = [f"{'phase':8s} {'steps':>6s} {'avg_ms':>8s} {'p50_ms':>8s} {'p90_ms':>8s} {'p99_ms':>8s} "
+        lines = [f"{'phase':16s} {'steps':>6s} {'avg_ms':>8s} {'p50_ms':>8s} {'p90_ms':>8s} {'p99_ms':>8s} "
                  f"{'tokens/s':>9s} {'seconds':>8s}"]
         for phase, r in self.latency.items():
             if phase == "memory":
                 continue
-            lines.append(f"{phase:8s} {r['num_steps']:6d} {r['avg_step_ms']:8.2f} {r['p50_step_ms']:8.2f} "
+            lines.append(f"{phase:16s} {r['num_steps']:6d} {r['avg_step_ms']:8.2f} {r['p50_step_ms']:8.2f} "
                          f"{r['p90_step_ms']:8.2f} {r['p99_step_ms']:8.2f} {r['tokens_per_s']:9.1f} "
                          f"{r['seconds']:8.2f}")
         lines.append("  ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
@@ -89,20 +99,25 @@ class Engine:
     """CogVideo generation from text (see the module docstring)."""
 
     def __init__(self, stage1_model, stage2_model, tokenizer: TextTokenizer, decoder, sampler: ClusterSampler,
-                 backend: str | None = None):
-        self.stage1_model, self.stage2_model = stage1_model, stage2_model
+                 backend: str | None = None, dsr_model=None, super_resolution_default: bool | None = None):
+        self.stage1_model, self.stage2_model, self.dsr_model = stage1_model, stage2_model, dsr_model
         self.tokenizer, self.decoder, self.sampler = tokenizer, decoder, sampler
         self.backend = backend
+        self.super_resolution_default = dsr_model is not None if super_resolution_default is None else \
+            super_resolution_default
 
     @classmethod
     def from_pretrained(cls, root: str | Path | None = None, *, stage1: str | Path | None = None,
                         stage2: str | Path | None = None, text_model: str | Path | None = None,
                         image_decoder: str | Path | None = None, cluster_labels: str | Path | None = None,
-                        device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                        backend: str | None = None) -> "Engine":
+                        dsr: str | Path | None = None, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32, backend: str | None = None,
+                        super_resolution_default: bool | None = None) -> "Engine":
         """Load the assets; ``root`` laid out like the released folder (``cogvideo-stage1/``,
-        ``cogvideo-stage2/``, ``ice_text.model``, ``ice_image.pt``, ``cluster_label2.npy``) fills what is not
-        given explicitly. ``stage2`` may be missing for stage-1-only use."""
+        ``cogvideo-stage2/``, ``cogview2-dsr/``, ``ice_text.model``, ``ice_image.pt``, ``cluster_label2.npy``)
+        fills what is not given explicitly. ``stage2`` may be missing for stage-1-only use, ``dsr`` (the
+        super-resolution checkpoint) for 160x160 output. ``super_resolution_default``: whether requests
+        super-resolve unless they say otherwise (default: when the DSR checkpoint is there)."""
         root = Path(root) if root is not None else None
 
         def pick(explicit, name):
@@ -113,21 +128,31 @@ class Engine:
             return root / name
 
         stage2_path = pick(stage2, "cogvideo-stage2")
+        dsr_path = Path(dsr) if dsr is not None else root / "cogview2-dsr" if root is not None else None
+        if dsr is not None and not dsr_path.exists():
+            raise FileNotFoundError(f"super-resolution checkpoint {dsr_path} does not exist")
         return cls(load_model(pick(stage1, "cogvideo-stage1"), dtype, device, stage=1),
                    load_model(stage2_path, dtype, device, stage=2) if stage2_path.exists() else None,
                    TextTokenizer(pick(text_model, "ice_text.model")),
                    load_image_decoder(pick(image_decoder, "ice_image.pt"), dtype, device),
-                   ClusterSampler.from_file(pick(cluster_labels, "cluster_label2.npy")), backend)
+                   ClusterSampler.from_file(pick(cluster_labels, "cluster_label2.npy")), backend,
+                   load_dsr_model(dsr_path, dtype, device) if dsr_path is not None and dsr_path.exists() else None,
+                   super_resolution_default)
 
     @classmethod
     def default(cls, **kwargs) -> "Engine":
-        """The embedded default assets: tiny, random weights, real geometry (built once on first use)."""
+        """The embedded default assets: tiny, random weights, real geometry (built once on first use).
+
+        Its tiny DSR model super-resolves only when a request asks (``SamplingParams(super_resolution=True)``):
+        decoding 480x480 frames on a CPU takes about a second per frame."""
         from .default_model import default_assets_root
 
+        kwargs.setdefault("super_resolution_default", kwargs.get("dsr") is not None)
         return cls.from_pretrained(default_assets_root(), **kwargs)
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``[F, 400]`` tokens -> uint8 frames ``[F, 160, 160, 3]`` (per-frame min-max, as the original saves)."""
+        """``[F, 400]`` (or ``[F, 3600]``) tokens -> uint8 frames ``[F, 160, 160, 3]`` (``[F, 480, 480, 3]``),
+        with per-frame min-max normalisation as the original saves them."""
         return to_uint8(self.decoder.decode(tokens))
 
     def generate(self, prompts: str | list[str], params: SamplingParams | list[SamplingParams] | None = None, *,
@@ -169,6 +194,11 @@ class Engine:
 
     def _generate_one(self, prompt, p: SamplingParams, resume, progress, cancel) -> list[VideoOutput]:
         settings = p.pipeline_settings(self.tokenizer.boi_id)
+        want_sr = self.super_resolution_default if p.super_resolution is None else p.super_resolution
+        if want_sr and self.dsr_model is None:
+            raise ValueError("super-resolution needs the cogview2-dsr checkpoint: Engine.from_pretrained(dsr=...)")
+        if not p.only_first_stage and self.stage2_model is None:
+            raise ValueError("no stage-2 model loaded: pass only_first_stage=True or a stage-2 checkpoint")
         timings: dict[str, float] = {}
         step_times: dict[str, list[float]] = {}
 
@@ -197,27 +227,52 @@ class Engine:
         timings["stage1"] = time.perf_counter() - start
         fps = 4.0
         if not p.only_first_stage:
-            if self.stage2_model is None:
-                raise ValueError("no stage-2 model loaded: pass only_first_stage=True or a stage-2 checkpoint")
             t0 = time.perf_counter()
             with _nvtx("cogvideo.stage2", cuda):
                 frames = stage2_tokens(self.stage2_model, self.tokenizer, prompt, frames, p.seed, self.sampler,
                                        settings, backend=self.backend, progress=step_hook("stage2"))
             timings["stage2"] = time.perf_counter() - t0
             fps = 8.0
+        samples, num_frames = frames.shape[0], frames.shape[1]
+        frames = frames.reshape(samples, num_frames, -1)
+        sr_tokens, frame_ms = None, {}
+        if want_sr:
+            t0 = time.perf_counter()
+            with _nvtx("cogvideo.super_resolution", cuda):
+                sr = self._super_resolve(prompt, frames, p, step_hook("super_resolution"))
+            sr_tokens = sr.tokens.reshape(samples, num_frames, -1)
+            step_times.pop("super_resolution", None)  # reported per frame instead of per batch
+            frame_ms["super_resolution"] = sr.frame_ms
+            timings["super_resolution"] = time.perf_counter() - t0
         t0 = time.perf_counter()
+        decoded, decode_ms = [], []
         with _nvtx("cogvideo.decode", cuda):
-            decoded = [self.decode(frames[s].reshape(frames.shape[1], -1)) for s in range(frames.shape[0])]
+            for s in range(samples):
+                t_s = time.perf_counter()
+                decoded.append(self.decode(frames[s] if sr_tokens is None else sr_tokens[s]))
+                decode_ms += [1e3 * (time.perf_counter() - t_s) / num_frames] * num_frames
+        frame_ms["decode"] = decode_ms
         timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes()
         frame_len = frames.shape[-1]
-        generated = {"stage1": p.num_samples * 5 * frame_len,
-                     "stage2": p.num_samples * (frames.shape[1] - 5) * frame_len}
-        latency = {phase: _latency(times, generated[phase], timings[phase]) for phase, times in step_times.items()}
+        generated = {"stage1": samples * 5 * frame_len, "stage2": samples * (num_frames - 5) * frame_len}
+        latency = {phase: _latency([t / 1e3 for t in times] if phase in frame_ms else times,
+                                   generated.get(phase, 0), timings[phase])
+                   for phase, times in {**step_times, **frame_ms}.items()}
+        if sr_tokens is not None:
+            latency["super_resolution"]["tokens_per_s"] = sr_tokens.numel() / max(timings["super_resolution"], 1e-9)
         latency["memory"] = {"peak_bytes": peak, "device": "cuda" if cuda else "cpu (max RSS)"}
-        return [VideoOutput(prompt, s, p.seed, frames[s].reshape(frames.shape[1], -1), decoded[s], fps,
-                            dict(timings), latency) for s in range(frames.shape[0])]
+        return [VideoOutput(prompt, s, p.seed, frames[s], decoded[s], fps, dict(timings), latency,
+                            None if sr_tokens is None else sr_tokens[s]) for s in range(samples)]
+
+    def _super_resolve(self, prompt: str, frames: torch.Tensor, p: SamplingParams, progress):
+        """``frames [S, F, 400]`` -> :class:`SuperResolution` of the ``S * F`` frames, keyed by (sample, frame)."""
+        samples, num_frames = frames.shape[:2]
+        keys = [(p.seed, s, SR_PASS, 0, f) for s in range(samples) for f in range(num_frames)]
+        return super_resolve(self.dsr_model, [self.tokenizer.encode(prompt)] * len(keys), frames.flatten(0, 1),
+                             self.sampler, keys, self.tokenizer.boi_id, max_batch=p.sr_max_batch,
+                             backend=self.backend, progress=progress)
 
 
 @contextlib.contextmanager

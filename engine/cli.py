@@ -79,7 +79,7 @@ def cmd_generate(args) -> int:
     prompts = [args.prompt] if args.prompt else [
         line.strip() for line in open(args.prompt_file, encoding="utf-8") if line.strip()]
     kwargs = dict(device=args.device, dtype=DTYPES[args.dtype],
-                  backend=None if args.backend == "auto" else args.backend)
+                  backend=None if args.backend == "auto" else args.backend, dsr=args.dsr)
     if args.model_root:
         engine = Engine.from_pretrained(args.model_root, **kwargs)
     else:
@@ -90,7 +90,8 @@ def cmd_generate(args) -> int:
                             use_guidance_stage1=not args.no_guidance_stage1, temperature=args.temperature,
                             top_k=args.top_k, temperature2=args.coglm_temperature2,
                             guidance_alpha=args.guidance_alpha, schedule=args.schedule,
-                            max_batch=args.max_inference_batch_size)
+                            max_batch=args.max_inference_batch_size, super_resolution=args.super_resolution,
+                            sr_max_batch=args.sr_max_batch)
     bars = {}
 
     def progress(phase, done, total):
@@ -118,7 +119,7 @@ def cmd_generate(args) -> int:
     out = Path(args.output)
     for i, video in enumerate(videos):
         stem = out if len(videos) == 1 else out.with_name(f"{out.stem}-{i:03d}{out.suffix}")
-        frames = upscale_nearest(video.frames, 480) if args.upscale else video.frames
+        frames = upscale_nearest(video.frames, 480) if args.upscale and video.sr_tokens is None else video.frames
         if args.format == "gif":
             path = write_gif(stem.with_suffix(".gif"), frames, video.fps)
         elif args.format == "mp4":
@@ -126,6 +127,8 @@ def cmd_generate(args) -> int:
         else:
             path = write_frames(stem.with_suffix(""), frames)
         tokens_path = write_tokens(stem.with_suffix(".tokens.pt"), video.tokens)
+        if video.sr_tokens is not None:
+            write_tokens(stem.with_suffix(".sr_tokens.pt"), video.sr_tokens)
         print(f"wrote {path} ({video.frames.shape[0]} frames, {video.fps:g} fps) and {tokens_path}")
         print(video.latency_report())
     if args.profile:
@@ -160,7 +163,13 @@ def _add_generate_args(g: argparse.ArgumentParser, default_profile: str | None =
     g.add_argument("--coglm-temperature2", type=float, default=0.89)
     g.add_argument("--max-inference-batch-size", type=int, default=8)
     g.add_argument("--schedule", choices=["wavefront", "sequential"], default="wavefront")
-    g.add_argument("--upscale", action="store_true", help="nearest-neighbour 480x480 (until super-resolution)")
+    g.add_argument("--super-resolution", action=argparse.BooleanOptionalAction, default=None,
+                   help="480x480 frames through the cogview2-dsr model (default: on when --model-root holds "
+                        "cogview2-dsr/ or --dsr is given; off for the embedded default model)")
+    g.add_argument("--dsr", metavar="DIR", help="the cogview2-dsr checkpoint (default: <model-root>/cogview2-dsr)")
+    g.add_argument("--sr-max-batch", type=int, default=12, help="frames per super-resolution forward")
+    g.add_argument("--upscale", action="store_true",
+                   help="nearest-neighbour upscale of 160x160 output to 480x480 (without super-resolution)")
     g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     g.add_argument("--device", default="cpu")
     g.add_argument("--backend", default="auto")

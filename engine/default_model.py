@@ -4,6 +4,7 @@ Written once to ``$COGVIDEO_ENGINE_HOME/default-v<version>`` (default ``~/.cache
 like the released model folder, so the CLI and examples run anywhere without the 14 GB released files:
 
     cogvideo-stage1/, cogvideo-stage2/   SAT checkpoints (2 layers x 64, 4 heads, vocab 150010)
+    cogview2-dsr/                         super-resolution checkpoint, same tiny backbone, 60x60 from 20x20
     ice_text.model                        a tiny sentencepiece model trained on an embedded corpus
     ice_image.pt                          icetk-format image decoder (decs.1 + codebook), random weights
     cluster_label2.npy                    20000 token -> 500 cluster labels, random
@@ -24,9 +25,10 @@ import torch
 
 from .checkpoint import write_sat_checkpoint
 from .config import tiny_config
+from .dsr import random_dsr_model, tiny_dsr_config
 from .model import CogVideoModel, init_random_weights
 
-DEFAULT_MODEL_VERSION = 2
+DEFAULT_MODEL_VERSION = 3
 DEFAULT_SEED = 1234
 _CORPUS = ["a cat plays the piano in a sunny room", "a dog runs on the beach at sunset",
            "people dance in the rain", "the sea under a cloudy sky", "一只猫在弹钢琴", "视频 高清摄影",
@@ -70,6 +72,8 @@ def _write_assets(root: Path):
     for stage in (1, 2):
         model = init_random_weights(CogVideoModel(tiny_config(stage)), seed=DEFAULT_SEED + stage)
         write_sat_checkpoint(root / f"cogvideo-stage{stage}", model, iteration=1000 * stage)
+    write_sat_checkpoint(root / "cogview2-dsr", random_dsr_model(tiny_dsr_config(), seed=DEFAULT_SEED + 3),
+                         iteration=20000)
     _write_tokenizer(root / "ice_text.model")
     _write_image_decoder(root / "ice_image.pt", DEFAULT_SEED)
     labels = torch.randperm(20000, generator=torch.Generator().manual_seed(DEFAULT_SEED)) % 500

@@ -88,3 +88,17 @@ def test_generate_command_writes_a_gif(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "cogvideo_engine", "generate", "x", "--model-root",
                           str(tmp_path / "nowhere")], capture_output=True, text=True, env=env, timeout=600)
     assert bad.returncode == 2 and "error:" in bad.stderr
+
+
+def test_super_resolution_gives_480_frames(engine):
+    """The default engine super-resolves only when asked; 5 saved frames -> 480x480 through its tiny DSR."""
+    tokens = torch.randint(0, 20000, (1, 5, 400), generator=torch.Generator().manual_seed(0))
+    params = SamplingParams(seed=3, only_first_stage=True, super_resolution=True)
+    v = engine.generate("a cat", params, stage1_tokens_in=tokens)[0]
+    assert v.frames.shape == (5, 480, 480, 3) and v.sr_tokens.shape == (5, 3600)
+    assert torch.equal(v.tokens, tokens[0]) and int(v.sr_tokens.max()) < 20000
+    assert v.latency["super_resolution"]["num_steps"] == 5 and "super_resolution" in v.timings
+    assert "super_resolution" in v.latency_report()
+    no_dsr = Engine(engine.stage1_model, engine.stage2_model, engine.tokenizer, engine.decoder, engine.sampler)
+    with pytest.raises(ValueError, match="cogview2-dsr"):
+        no_dsr.generate("a cat", params)

@@ -1,4 +1,5 @@
-"""The csrc kernels (``cogvideo_engine._C``: C++ CPU and CUDA) behind the window-attention contract.
+"""The csrc kernels (``cogvideo_engine._C``: C++ CPU and CUDA) behind the window-attention contract and the
+super-resolution local-attention contract (:func:`local_attention_csrc`).
 
 Tensors cross into C++ as (data pointer, dtype, shape, strides); CUDA launches go on torch's current stream.
 Registered as ``torch.ops.cogvideo_engine.window_attention_csrc`` (custom op + fake) so ``torch.compile``
@@ -10,6 +11,8 @@ from __future__ import annotations
 import torch
 
 from .layout import AttentionRule
+from .local_reference import check_local_inputs
+from .local_rules import LocalGeometry
 from .ops import register_window_attention_op
 
 try:
@@ -67,3 +70,25 @@ def window_attention_csrc(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_i
 
 window_attention_csrc_op = register_window_attention_op("window_attention_csrc", window_attention_csrc, "csrc")
 """The csrc kernel through its registered op (same contract as ``reference.window_attention``)."""
+
+
+def local_attention_csrc(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_low: torch.Tensor,
+                         v_low: torch.Tensor, geometry: LocalGeometry) -> torch.Tensor:
+    """Super-resolution local attention; same contract as
+    :func:`cogvideo_engine.kernels.local_reference.local_attention`, on q's device.
+
+    Any strides are accepted; inputs whose last dimension is not contiguous are copied first.
+    """
+    if _C is None:
+        raise RuntimeError(f"the csrc backends need cogvideo_engine._C: {_IMPORT_ERROR}")
+    check_local_inputs(q, k, v, k_low, v_low, geometry)
+    q, k, v, k_low, v_low = (t if t.stride(-1) == 1 else t.contiguous()
+                             for t in (q, k, v, k_low, v_low))
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    device = q.device
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    g = geometry
+    _C.local_attention(device.type, _tensor_arg(q), _tensor_arg(k), _tensor_arg(v), _tensor_arg(k_low),
+                       _tensor_arg(v_low), _tensor_arg(out), g.grid, g.low_grid, g.window_rows, g.window_cols,
+                       g.low_window, stream)
+    return out

@@ -7,6 +7,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cogvideo/local_attention.h"
 #include "cogvideo/window_attention.h"
 
 namespace py = pybind11;
@@ -74,6 +75,27 @@ void window_attention(const std::string& device, const TensorArg& q, const Tenso
   }
 }
 
+void local_attention(const std::string& device, const TensorArg& q, const TensorArg& k, const TensorArg& v,
+                     const TensorArg& k_low, const TensorArg& v_low, const TensorArg& out, int grid, int low_grid,
+                     int window_rows, int window_cols, int low_window, uintptr_t stream) {
+  TensorView qv = view(q, "q"), kv = view(k, "k"), vv = view(v, "v"), klv = view(k_low, "k_low"),
+             vlv = view(v_low, "v_low"), ov = view(out, "out");
+  cogvideo::LocalGeometry geometry;
+  geometry.grid = grid;
+  geometry.low_grid = low_grid;
+  geometry.window_rows = window_rows;
+  geometry.window_cols = window_cols;
+  geometry.low_window = low_window;
+  py::gil_scoped_release release;
+  if (device == "cpu") {
+    cogvideo::local_attention_cpu(qv, kv, vv, klv, vlv, ov, geometry);
+  } else if (device == "cuda") {
+    cogvideo::local_attention_cuda(qv, kv, vv, klv, vlv, ov, geometry, reinterpret_cast<void*>(stream));
+  } else {
+    throw InvalidArgument("device must be 'cpu' or 'cuda', got '" + device + "'");
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -85,4 +107,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("bidirectional_given"), py::arg("num_given"), py::arg("num_slots"), py::arg("grid"),
         py::arg("window"), py::arg("shift"), py::arg("text_capacity"), py::arg("stream") = 0,
         "Window attention into `out`; tensors are (data_ptr, dtype name, shape, strides in elements).");
+  m.def("local_attention", &local_attention, py::arg("device"), py::arg("q"), py::arg("k"), py::arg("v"),
+        py::arg("k_low"), py::arg("v_low"), py::arg("out"), py::arg("grid"), py::arg("low_grid"),
+        py::arg("window_rows"), py::arg("window_cols"), py::arg("low_window"), py::arg("stream") = 0,
+        "Super-resolution local attention into `out`; tensors are (data_ptr, dtype name, shape, strides).");
 }

@@ -5,7 +5,9 @@ sequential vs wavefront, for a model shape given by name (random weights).
 
 Passes: stage-1 frames 1-4 for one frame (guided: cond and uncond rows in one forward) and one stage-2 window
 (2 target frames), each with the sequential and the wavefront schedule, plus the stage-2 window the way the
-original code attends (sequential, per-query Python index lists + index_select + dense softmax).
+original code attends (sequential, per-query Python index lists + index_select + dense softmax). Then
+super-resolution of ``--sr-frames`` frames (one DSR forward per batch of frames, all 3600 tokens sampled) with
+the DSR model of the same backbone shape, on the chosen backend and on the dense reference attention.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_attention import environment, write_rows  # noqa: E402
 
 from cogvideo_engine.config import ModelConfig, tiny_config  # noqa: E402
+from cogvideo_engine.dsr import DsrConfig, DsrModel  # noqa: E402
 from cogvideo_engine.generation import generate_pass  # noqa: E402
 from cogvideo_engine.model import CogVideoModel, init_random_weights  # noqa: E402
 from cogvideo_engine.runner import ModelRunner  # noqa: E402
 from cogvideo_engine.sampler import VIDEO_SAMPLING, ClusterSampler  # noqa: E402
+from cogvideo_engine.super_resolution import super_resolve  # noqa: E402
 
 MODELS = {
     "tiny": lambda stage: tiny_config(stage, num_layers=2, hidden_size=64, num_attention_heads=1),
@@ -39,6 +43,57 @@ def build(name: str, stage: int, device: str, dtype: torch.dtype) -> CogVideoMod
     model = model.to_empty(device="cpu")
     init_random_weights(model, seed=stage, peaky=False)
     return model.to(device, dtype).eval().requires_grad_(False)
+
+
+def build_dsr(name: str, device: str, dtype: torch.dtype) -> DsrModel:
+    """The DSR model with the backbone of ``name``, random weights drawn on ``device`` (fast for 7.7 B)."""
+    c = MODELS[name](1)
+    with torch.device("meta"):
+        model = DsrModel(DsrConfig(num_layers=c.num_layers, hidden_size=c.hidden_size,
+                                   num_attention_heads=c.num_attention_heads, vocab_size=c.vocab_size))
+    model = model.to_empty(device=device).to(dtype)
+    gen = torch.Generator(device).manual_seed(0)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "layernorm" in pname:
+                p.fill_(1.0 if pname.endswith("weight") else 0.0)
+            elif pname.endswith("bias"):
+                p.zero_()
+            else:
+                p.normal_(0.0, 0.02 if "embeddings" not in pname else 1.0, generator=gen)
+    return model.eval().requires_grad_(False)
+
+
+def run_super_resolution(name: str, frames: int, device: str, dtype: torch.dtype, backends: list, env: dict):
+    """Rows for super-resolving ``frames`` frames per backend (a batch of up to 12 frames per forward)."""
+    model = build_dsr(name, device, dtype)
+    c = model.config
+    layer_params = sum(p.numel() for p in model.transformer.layers.parameters()) + \
+        sum(p.numel() for p in model.mixins["attention_plus"].parameters()) / 2  # each row uses one of the 2 QKVs
+    rows_per_frame = 20 + c.local.num_low + c.local.num_queries
+    gemm_flop = 2 * layer_params * rows_per_frame + 2 * c.local.num_queries * c.hidden_size * 20000
+    gen = torch.Generator().manual_seed(0)
+    low = torch.randint(0, 20000, (frames, c.local.num_low), generator=gen)
+    sampler = ClusterSampler(torch.arange(20000) % 500)
+    rows = []
+    for backend in backends:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = super_resolve(model, [list(range(20100, 20120))] * frames, low, sampler,
+                            [(0, 0, 3, 0, f) for f in range(frames)], 20099, backend=backend)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        row = {**env, "bench": "super_resolution", "model": name, "dtype": str(dtype).removeprefix("torch."),
+               "backend": backend or "auto", "frames": frames, "batch_frames": out.batch_frames,
+               "seconds": seconds, "seconds_per_frame": seconds / frames,
+               "gemm_tflop_per_frame": gemm_flop / 1e12, "gemm_tflops_achieved": gemm_flop * frames / seconds / 1e12,
+               "tokens_per_s": out.tokens.numel() / seconds}
+        rows.append(row)
+        print(f"{name:7s} super-resolution {row['backend']:10s} {frames} frames  {seconds:7.2f} s  "
+              f"{seconds / frames:6.3f} s/frame  {row['gemm_tflops_achieved']:6.2f} TFLOP/s (GEMMs)")
+    return rows
 
 
 def weight_bytes(model: CogVideoModel) -> int:
@@ -106,6 +161,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None)
     p.add_argument("--backend", default="auto")
+    p.add_argument("--sr-frames", type=int, default=None,
+                   help="frames to super-resolve (default 12 on CUDA, 1 on CPU; 0 skips super-resolution)")
+    p.add_argument("--skip-passes", action="store_true", help="only the super-resolution rows")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
@@ -119,7 +177,7 @@ def main(argv=None) -> int:
             (2, "stage2-window", 2, False, "wavefront", backend),
             (2, "stage2-window", 2, False, "original-style", original_style_attention)]
     models = {}
-    for stage, label, targets, guided, schedule, attention in runs:
+    for stage, label, targets, guided, schedule, attention in [] if args.skip_passes else runs:
         if stage not in models:
             models[stage] = build(args.model, stage, args.device, dtype)
         model = models[stage]
@@ -141,6 +199,10 @@ def main(argv=None) -> int:
               f"  {row['tokens_per_s']:8.1f} tok/s  {seconds:7.2f} s  cache {cache_bytes / 1e6:8.1f} MB"
               f"  weights {row['weight_gbytes_per_s']:6.2f} GB/s"
               f"  outside forward {100 * row['outside_forward_fraction']:4.1f}%")
+    models.clear()
+    sr_frames = args.sr_frames if args.sr_frames is not None else (12 if args.device == "cuda" else 1)
+    if sr_frames:
+        rows += run_super_resolution(args.model, sr_frames, args.device, dtype, [backend, "reference"], env)
     write_rows(rows, args.out or Path(__file__).parent / "results" / f"generation-{args.model}-{args.device}.json")
     return 0
 

@@ -19,8 +19,6 @@ import torch
 
 from .config import NUM_IMAGE_TOKENS
 
-MASKED = -65504.0  # the original's fill value for tokens outside the chosen cluster
-
 
 @dataclass(frozen=True)
 class PassSampling:
@@ -78,6 +76,13 @@ class ClusterSampler:
             raise ValueError("cluster labels must be non-negative")
         self.labels = labels
         self.num_clusters = int(labels.max()) + 1
+        # members[c]: the tokens of cluster c in ascending order, padded with -1 (the in-cluster draw runs
+        # over these instead of all 20000 logits; every other token has probability exactly 0 there)
+        counts = torch.bincount(labels, minlength=self.num_clusters)
+        order = torch.argsort(labels * NUM_IMAGE_TOKENS + torch.arange(labels.numel()))
+        self.members = torch.full((self.num_clusters, int(counts.max())), -1, dtype=torch.long)
+        slot = torch.arange(labels.numel()) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        self.members[labels[order], slot] = order
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ClusterSampler":
@@ -126,13 +131,13 @@ class ClusterSampler:
         cdf = (top_mass / top_mass.sum(-1, keepdim=True)).double().cumsum(-1)
         pick = torch.searchsorted(cdf, u[:, :1].contiguous(), right=True).clamp(max=params.top_k - 1)
         chosen = top_clusters.gather(1, pick)  # [N, 1]
-        labels = self.labels.to(logits.device)
-        masked = torch.where(labels[None, :] == chosen, scaled, torch.full_like(scaled, MASKED))
-        probs = torch.softmax(masked / params.temperature2, dim=-1).double()
-        token = torch.searchsorted(probs.cumsum(-1), u[:, 1:].contiguous(), right=True).clamp(max=NUM_IMAGE_TOKENS - 1)
-        # guard the cdf's rounding tail: never return a token outside the chosen cluster
-        outside = labels[token.squeeze(1)] != chosen.squeeze(1)
-        if bool(outside.any()):
-            fallback = torch.where(labels[None, :] == chosen, probs, torch.zeros_like(probs)).argmax(-1)
-            token = torch.where(outside[:, None], fallback[:, None], token)
+        members = self.members.to(logits.device)[chosen.squeeze(1)]  # [N, max cluster size], -1 padded
+        real = members >= 0
+        inside = scaled.gather(1, members.clamp(min=0)).masked_fill(~real, float("-inf"))
+        probs = torch.softmax(inside / params.temperature2, dim=-1).double()
+        pick = torch.searchsorted(probs.cumsum(-1), u[:, 1:].contiguous(), right=True)
+        # the cdf's rounding tail (u above its last value) falls back to the cluster's most likely token
+        tail = pick >= real.sum(-1, keepdim=True)
+        pick = torch.where(tail, probs.argmax(-1, keepdim=True), pick)
+        token = members.gather(1, pick)
         return token.squeeze(1)

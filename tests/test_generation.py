@@ -78,6 +78,24 @@ def test_sampler_matches_its_exact_distribution():
     assert {int(sampler.labels[t]) for t in drawn.tolist()} <= allowed
 
 
+def test_in_cluster_draw_equals_the_full_width_masked_softmax():
+    """The draw over the chosen cluster's members is the original's full-width draw: logits outside the
+    cluster set to -65504, softmax(. / temperature2) over all 20000, inverse CDF with the same uniform."""
+    from cogvideo_engine.sampler import keyed_uniforms
+
+    sampler = ClusterSampler(torch.randperm(20000, generator=torch.Generator().manual_seed(1)) % 500)
+    params = PassSampling(temperature=1.05, top_k=12, temperature2=0.89)
+    logits = torch.randn(300, 20000, generator=torch.Generator().manual_seed(2)) * 3
+    keys = [(9, i) for i in range(300)]
+    drawn = sampler.sample(logits, params, keys)
+    clusters = sampler.labels[drawn]
+    scaled = logits / params.temperature
+    masked = torch.where(sampler.labels[None, :] == clusters[:, None], scaled, torch.full_like(scaled, -65504.0))
+    cdf = torch.softmax(masked / params.temperature2, -1).double().cumsum(-1)
+    u = torch.tensor([keyed_uniforms(k)[1] for k in keys], dtype=torch.float64)[:, None]
+    assert torch.equal(drawn, torch.searchsorted(cdf, u, right=True).squeeze(1))
+
+
 def test_sampler_temperatures():
     sampler = toy_sampler(num_clusters=1)  # one cluster: the draw is softmax(logits / (t * t2))
     logits = torch.zeros(1, 20000)

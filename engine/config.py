@@ -15,8 +15,30 @@ MODEL_CLASSES = ("CogVideoModel", "CogVideoCacheModel")
 """``model_class`` values written by the CogVideo training and inference code."""
 
 
+class BackboneShape:
+    """What the CogView2 backbone's shape fields imply; shared by :class:`ModelConfig` and the DSR config.
+
+    Needs ``hidden_size``, ``num_attention_heads``, ``vocab_size`` and ``inner_hidden_size``.
+    """
+
+    def check_backbone(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
+                             f"num_attention_heads {self.num_attention_heads}")
+        if self.vocab_size < NUM_IMAGE_TOKENS:
+            raise ValueError(f"vocab_size {self.vocab_size} is smaller than the {NUM_IMAGE_TOKENS} image tokens")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def ffn_hidden_size(self) -> int:
+        return self.inner_hidden_size or 4 * self.hidden_size
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(BackboneShape):
     """Shape of one CogVideo stage model (SPEC.md §1.4).
 
     ``stage`` is the checkpoint's ``cogvideo_stage`` (1 or 2): which passes the weights were trained for.
@@ -37,13 +59,9 @@ class ModelConfig:
     """The paper's stage-1 design (3-D Swin temporal windows); the released stage-1 checkpoint is full causal."""
 
     def __post_init__(self):
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
-                             f"num_attention_heads {self.num_attention_heads}")
+        self.check_backbone()
         if self.stage not in (1, 2):
             raise ValueError(f"cogvideo_stage must be 1 or 2, got {self.stage!r}")
-        if self.vocab_size < NUM_IMAGE_TOKENS:
-            raise ValueError(f"vocab_size {self.vocab_size} is smaller than the {NUM_IMAGE_TOKENS} image tokens")
         g = self.geometry
         if self.max_sequence_length < g.extra_table_start:
             raise ValueError(f"the base position table ({self.max_sequence_length} rows) must cover ids below "
@@ -51,14 +69,6 @@ class ModelConfig:
         needed = g.frame_len * (g.num_slots - 1)
         if self.additional_seqlen < needed:
             raise ValueError(f"the extra position table ({self.additional_seqlen} rows) must cover {needed} ids")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
-    def ffn_hidden_size(self) -> int:
-        return self.inner_hidden_size or 4 * self.hidden_size
 
     def num_parameters(self) -> int:
         h, f, n = self.hidden_size, self.ffn_hidden_size, self.num_layers

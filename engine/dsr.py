@@ -38,8 +38,8 @@ from cogvideo_engine.kernels.reference import dense_attention
 from cogvideo_engine.kernels.registry import get_local_backend
 
 from .checkpoint import CheckpointError, SAT_CONFIG, check_state_dict, read_sat_state_dict, sat_checkpoint_file
-from .config import MODEL_CLASSES, NUM_IMAGE_TOKENS
-from .model import Backbone, init_random_weights
+from .config import MODEL_CLASSES, NUM_IMAGE_TOKENS, BackboneShape
+from .model import AttentionPlus, Backbone, ExtraPositions, init_random_weights
 
 LOW_POSITION_START = 513
 """Position id of the first low-resolution token (the CogView2 image block starts at 512 + BOI)."""
@@ -47,7 +47,7 @@ DSR_MODEL_CLASS = "DsrModel"
 
 
 @dataclass(frozen=True)
-class DsrConfig:
+class DsrConfig(BackboneShape):
     """Shape of a DSR model; the released ``cogview2-dsr`` is built from the CogVideo backbone arguments."""
 
     num_layers: int = 48
@@ -62,22 +62,10 @@ class DsrConfig:
     local: LocalGeometry = field(default_factory=lambda: DSR_GEOMETRY)
 
     def __post_init__(self):
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
-                             f"num_attention_heads {self.num_attention_heads}")
-        if self.vocab_size < NUM_IMAGE_TOKENS:
-            raise ValueError(f"vocab_size {self.vocab_size} is smaller than the {NUM_IMAGE_TOKENS} image tokens")
+        self.check_backbone()
         if self.max_sequence_length < LOW_POSITION_START + self.local.num_low:
             raise ValueError(f"the base position table ({self.max_sequence_length} rows) must cover the "
                              f"low-resolution ids {LOW_POSITION_START}..{LOW_POSITION_START + self.local.num_low - 1}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
-    def ffn_hidden_size(self) -> int:
-        return self.inner_hidden_size or 4 * self.hidden_size
 
     @property
     def additional_seqlen(self) -> int:
@@ -130,22 +118,6 @@ def tiny_dsr_config(*, num_layers: int = 2, hidden_size: int = 64, num_attention
                      vocab_size=vocab_size, local=local)
 
 
-class _ExtraPositions(nn.Module):
-    def __init__(self, cfg: DsrConfig):
-        super().__init__()
-        self.position_embeddings = nn.Embedding(cfg.additional_seqlen, cfg.hidden_size)
-
-
-class _AttentionPlus(nn.Module):
-    """Level-1 projections: per layer a QKV and an output projection for the high-resolution rows."""
-
-    def __init__(self, cfg: DsrConfig):
-        super().__init__()
-        h, n = cfg.hidden_size, cfg.num_layers
-        self.query_key_value = nn.ModuleList(nn.Linear(h, 3 * h) for _ in range(n))
-        self.dense = nn.ModuleList(nn.Linear(h, h) for _ in range(n))
-
-
 class DsrModel(nn.Module):
     """The super-resolution model; see the module docstring."""
 
@@ -153,8 +125,8 @@ class DsrModel(nn.Module):
         super().__init__()
         self.config = config
         self.transformer = Backbone(config)
-        self.mixins = nn.ModuleDict({"extra_position_embedding": _ExtraPositions(config),
-                                     "attention_plus": _AttentionPlus(config)})
+        self.mixins = nn.ModuleDict({"extra_position_embedding": ExtraPositions(config),
+                                     "attention_plus": AttentionPlus(config, mixing=False)})
 
     def _heads(self, x: torch.Tensor) -> list[torch.Tensor]:  # [B, N, 3*H*d] -> 3 x [B, H, N, d] views
         b, n, _ = x.shape

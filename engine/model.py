@@ -78,21 +78,25 @@ class Backbone(nn.Module):
         self.final_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_epsilon)
 
 
-class _ExtraPositions(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+class ExtraPositions(nn.Module):
+    """``mixins.extra_position_embedding``: ``cfg.additional_seqlen`` more position rows."""
+
+    def __init__(self, cfg):
         super().__init__()
         self.position_embeddings = nn.Embedding(cfg.additional_seqlen, cfg.hidden_size)
 
 
-class _AttentionPlus(nn.Module):
-    """The temporal channel: per layer a QKV and output projection and the mixing logit."""
+class AttentionPlus(nn.Module):
+    """``mixins.attention_plus``: per layer a second QKV and output projection (CogVideo's temporal channel,
+    the DSR model's high-resolution rows) and, with ``mixing``, CogVideo's mixing logit ``attn_distribution``."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg, *, mixing: bool):
         super().__init__()
         h, n = cfg.hidden_size, cfg.num_layers
         self.query_key_value = nn.ModuleList(nn.Linear(h, 3 * h) for _ in range(n))
         self.dense = nn.ModuleList(nn.Linear(h, h) for _ in range(n))
-        self.attn_distribution = nn.ParameterList(nn.Parameter(torch.zeros(h)) for _ in range(n))
+        if mixing:
+            self.attn_distribution = nn.ParameterList(nn.Parameter(torch.zeros(h)) for _ in range(n))
 
 
 class KVCache:
@@ -150,8 +154,8 @@ class CogVideoModel(nn.Module):
         super().__init__()
         self.config = config
         self.transformer = Backbone(config)
-        self.mixins = nn.ModuleDict({"extra_position_embedding": _ExtraPositions(config),
-                                     "attention_plus": _AttentionPlus(config)})
+        self.mixins = nn.ModuleDict({"extra_position_embedding": ExtraPositions(config),
+                                     "attention_plus": AttentionPlus(config, mixing=True)})
 
     # -- pieces ---------------------------------------------------------------------------------------
 

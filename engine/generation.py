@@ -80,13 +80,14 @@ def generate_pass(model: CogVideoModel, stage: Pass | str, text_ids: torch.Tenso
     tokens = torch.full((batch, num_targets, frame_len), -1, dtype=torch.long)
     inputs = torch.full((batch, num_targets, frame_len), boi_id, dtype=torch.long)  # p >= 1: token p - 1
     recorded = torch.zeros(batch, num_targets * frame_len, 20000) if record_logits else None
+    step_fn = runner.stepper(cache)  # CUDA-graph replays on CUDA
     start = time.perf_counter()
     forward = 0.0
     for step, positions in enumerate(plan):
         where = [(int(layout.slot(q)), int(layout.block_pos(q))) for q in positions]
         feed = torch.stack([inputs[:, s - layout.num_given, p] for s, p in where], dim=1)
         t0 = time.perf_counter()
-        logits = runner.step(cache, where, feed.repeat(rows // batch, 1), step_bias)
+        logits = step_fn(where, feed.repeat(rows // batch, 1), step_bias)
         if logits.is_cuda:
             torch.cuda.synchronize()
         forward += time.perf_counter() - t0

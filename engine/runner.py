@@ -8,7 +8,10 @@ What the reference model computes (:mod:`.model`), arranged for speed:
 * the KV cache is allocated once per batch in the layout of :mod:`cogvideo_engine.kernels.layout` -- a fixed
   text region of ``text_capacity`` rows, then every slot at a fixed offset -- so rows with different text
   lengths (the guided cond and uncond streams, different prompts) share every forward, frames aligned;
-* attention goes through a backend by name (``reference``, ``triton``, ``cpu``, ``cuda``).
+* attention goes through a backend by name (``reference``, ``triton``, ``cpu``, ``cuda``);
+* a forward takes its position ids from one table (base rows below the extra table's start, then the extra
+  rows) by plain indexing, and nothing in it waits for the host, so on CUDA a decode step is captured once
+  per cache and number of positions as a CUDA graph and replayed (:class:`DecodeGraphs`).
 
 A forward feeds, for every row, the same frame positions (slot, block position); in the prefill each row
 feeds its own text (padded to ``text_capacity`` with ignored queries) and the given frames.
@@ -16,13 +19,14 @@ feeds its own text (padded to ``text_capacity`` with ignored queries) and the gi
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from cogvideo_engine.kernels.layout import AttentionRule
-from cogvideo_engine.kernels.registry import get_backend
+from cogvideo_engine.kernels.registry import default_backend, get_backend
 from cogvideo_engine.kernels.rules import Pass, StreamLayout
 
 from .config import NUM_IMAGE_TOKENS, ModelConfig
@@ -30,6 +34,7 @@ from .model import CogVideoModel, gelu_tanh
 
 
 SMALL_ROWS = 8
+GRAPH_SAFE_BACKENDS = ("triton", "cuda")  # backends with no host synchronisation inside (CUDA-graph capturable)
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -92,13 +97,20 @@ class StaticCache:
 class ModelRunner:
     """Runs a :class:`CogVideoModel` with fused weights and a static cache (see the module docstring)."""
 
-    def __init__(self, model: CogVideoModel, backend=None):
+    def __init__(self, model: CogVideoModel, backend=None, *, cuda_graphs: bool | None = None):
         """``backend``: a backend name (None: the best available) or an attention function with the contract
-        of ``kernels.reference.window_attention`` (e.g. a benchmark's baseline)."""
+        of ``kernels.reference.window_attention`` (e.g. a benchmark's baseline). ``cuda_graphs``: replay decode
+        steps as CUDA graphs (None: on CUDA with a fused backend, ``triton`` or ``cuda``)."""
         self.model = model
         cfg = model.config
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
+        if cuda_graphs is None:  # the fused kernels never wait for the host; the reference and custom functions may
+            name = default_backend(self.device) if backend in (None, "auto") else backend
+            cuda_graphs = self.device.type == "cuda" and name in GRAPH_SAFE_BACKENDS
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError("cuda_graphs needs a model on a CUDA device")
+        self.cuda_graphs = cuda_graphs
         self.backend = backend
         self.attend = backend if callable(backend) else get_backend(backend, self.device)
         plus = model.mixins["attention_plus"]
@@ -118,6 +130,9 @@ class ModelRunner:
         self.hidden = cfg.hidden_size
         self.heads = cfg.num_attention_heads
         self.head_dim = cfg.head_dim
+        start = cfg.geometry.extra_table_start  # position id -> row of [base[:start] | extra]
+        self.position_table = torch.cat([model.transformer.position_embeddings.weight[:start],
+                                         model.mixins["extra_position_embedding"].position_embeddings.weight])
 
     def new_cache(self, layouts: list[StreamLayout]) -> StaticCache:
         """A cache for one row per layout; all rows share the pass, the number of targets and the geometry."""
@@ -154,33 +169,46 @@ class ModelRunner:
         positions = [(s, p) for s in range(n_given) for p in range(frame_len)]
         ids = torch.cat([text, given_ids.reshape(b, -1).to(self.device)], dim=1)
         q_index = torch.cat([q_text, self.frame_index(cache, positions)], dim=1) if positions else q_text
-        return self._forward(cache, ids, q_index, text_bias, logits)
+        return self._forward(cache, ids, q_index, self.position_ids(cache, q_index),
+                             text_bias.to(self.device, torch.float32), logits)
 
     def step(self, cache: StaticCache, positions: list[tuple[int, int]], input_ids: torch.Tensor,
              text_bias: torch.Tensor) -> torch.Tensor:
         """Feed frame positions (the same for every row) with ``input_ids [B, n]``; logits ``[B, n, V]``."""
-        return self._forward(cache, input_ids.to(self.device), self.frame_index(cache, positions), text_bias, True)
+        q_index = self.frame_index(cache, positions)
+        return self._forward(cache, input_ids.to(self.device), q_index, self.position_ids(cache, q_index),
+                             text_bias.to(self.device, torch.float32), True)
+
+    def stepper(self, cache: StaticCache):
+        """The decode-step function for ``cache``: :meth:`step`, or its CUDA-graph replay when enabled."""
+        if not self.cuda_graphs:
+            return lambda positions, input_ids, text_bias: self.step(cache, positions, input_ids, text_bias)
+        return DecodeGraphs(self, cache).step
+
+    @staticmethod
+    def position_ids(cache: StaticCache, q_index: torch.Tensor) -> torch.Tensor:
+        """``[B, n]`` position id of each query (padding queries: 0)."""
+        safe = q_index.clamp(min=0)
+        return torch.stack([lay.position_id(safe[i]) for i, lay in enumerate(cache.layouts)])
 
     # -- the forward --------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def _forward(self, cache: StaticCache, ids: torch.Tensor, q_index: torch.Tensor, text_bias: torch.Tensor,
-                 want_logits: bool) -> torch.Tensor | None:
+    def _forward(self, cache: StaticCache, ids: torch.Tensor, q_index: torch.Tensor, position: torch.Tensor,
+                 text_bias: torch.Tensor, want_logits: bool) -> torch.Tensor | None:
+        """One forward; device tensors in, no host synchronisation inside (CUDA-graph capturable)."""
         model = self.model
         b, n = ids.shape
         valid = q_index >= 0
         safe = q_index.clamp(min=0)
-        layouts = cache.layouts
-        position = torch.stack([lay.position_id(safe[i]) for i, lay in enumerate(layouts)])
         is_frame = safe >= cache.text_len[:, None]
         rows = torch.where(is_frame, safe - cache.text_len[:, None] + cache.text_capacity, safe)
         rows = torch.where(valid, rows, torch.full_like(rows, cache.scratch_row))
         batch_idx = torch.arange(b, device=self.device)[:, None]
         mixes = (is_frame & valid)[..., None] if cache.pass_.mixes_temporal else None
-        text_bias = text_bias.to(self.device, torch.float32)
         meta = (q_index, cache.text_len, text_bias)
 
-        x = model.transformer.word_embeddings(ids) + model.position_embeddings(position)
+        x = model.transformer.word_embeddings(ids) + self.position_table[position]
         h = self.hidden
         channels = 2 if cache.pass_.mixes_temporal else 1
         for layer_id, (layer, w) in enumerate(zip(model.transformer.layers, self.layers, strict=True)):
@@ -209,6 +237,53 @@ class ModelRunner:
             return None
         head = model.transformer.word_embeddings.weight[:NUM_IMAGE_TOKENS]
         return _linear(model.transformer.final_layernorm(x).float(), head.float())
+
+
+class DecodeGraphs:
+    """CUDA graphs of :meth:`ModelRunner.step` for one cache: one per number of positions fed per step.
+
+    The first step with ``n`` positions runs once eagerly on a side stream (warm-up; feeding the same positions
+    twice writes the same keys, so it is harmless), is captured into a graph reading static input buffers, and
+    is replayed; later steps with ``n`` positions only copy their inputs into the buffers and replay. The
+    returned logits live in the graph's output buffer until the next replay of that graph.
+    """
+
+    def __init__(self, runner: ModelRunner, cache: StaticCache):
+        self.runner, self.cache = runner, cache
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor] | None] = {}
+
+    def step(self, positions: list[tuple[int, int]], input_ids: torch.Tensor, text_bias: torch.Tensor):
+        r, cache = self.runner, self.cache
+        q_index = r.frame_index(cache, positions)
+        inputs = [input_ids.to(r.device), q_index, r.position_ids(cache, q_index),
+                  text_bias.to(r.device, torch.float32)]
+        n = len(positions)
+        if n not in self.graphs:
+            try:
+                self.graphs[n] = self._capture(inputs)
+            except RuntimeError as e:  # e.g. an op that synchronises: run eagerly from now on, and say so
+                warnings.warn(f"CUDA-graph capture of the decode step failed, running it eagerly: {e}")
+                self.graphs[n] = None
+        if self.graphs[n] is None:
+            return r._forward(cache, *inputs, True)
+        graph, buffers, out = self.graphs[n]
+        for buf, value in zip(buffers, inputs, strict=True):
+            buf.copy_(value, non_blocking=True)
+        graph.replay()
+        return out
+
+    def _capture(self, inputs: list[torch.Tensor]):
+        r, cache = self.runner, self.cache
+        buffers = [t.clone() for t in inputs]
+        side = torch.cuda.Stream(r.device)
+        side.wait_stream(torch.cuda.current_stream(r.device))
+        with torch.cuda.stream(side):
+            r._forward(cache, *buffers, True)
+        torch.cuda.current_stream(r.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = r._forward(cache, *buffers, True)
+        return graph, buffers, out
 
 
 def layouts_for(model: CogVideoModel, stage: Pass | str, text_lens: list[int], num_targets: int) -> list[StreamLayout]:

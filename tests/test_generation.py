@@ -1,5 +1,7 @@
 """Wavefront scheduling, the cluster sampler and token generation of one pass."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -172,3 +174,38 @@ def test_a_rows_tokens_do_not_depend_on_the_rest_of_the_batch():
     other_seed = generate_pass(model, "stage2", text[1:2], given[1:2], 2, toy_sampler(), PassSampling(),
                                [(10, 1)], boi_id=SMALL_BOI)
     assert not torch.equal(other_seed.tokens, alone.tokens)
+
+
+def test_cuda_graphs_need_a_cuda_model():
+    from cogvideo_engine.runner import ModelRunner
+
+    with pytest.raises(ValueError, match="CUDA device"):
+        ModelRunner(small_model(2), "reference", cuda_graphs=True)
+    assert not ModelRunner(small_model(2), "reference").cuda_graphs  # CPU: eager steps
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_cuda_graph_steps_equal_eager_steps(backend):
+    """Stage 2 with the wavefront (steps of 1 and 2 positions, guided-free) and stage 1 guided (rows with
+    different text lengths): replayed graphs give the eager tokens and logits."""
+    from cogvideo_engine.kernels.registry import backend_status
+    from cogvideo_engine.runner import ModelRunner
+
+    status = {st.name: st for st in backend_status("cuda")}[backend]
+    if not status.available:
+        pytest.skip(f"{backend}: {status.reason}")
+    for stage, guided in ((Pass.STAGE2, False), (Pass.STAGE1, True)):
+        model = _soft_model(stage.model_stage, REAL).cuda()
+        text, given = _inputs(stage, 2, REAL.frame_len)
+        kwargs = dict(sampler=toy_sampler(500), params=PassSampling(), row_keys=[(3, 0), (3, 1)], boi_id=SMALL_BOI,
+                      record_logits=True, text_bias=0.0 if guided else 1.4,
+                      guider_text_ids=text[:, :2] if guided else None)
+        runners = [ModelRunner(model, backend, cuda_graphs=g) for g in (False, True)]
+        assert runners[1].cuda_graphs and ModelRunner(model, backend).cuda_graphs  # on by default
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a failed capture (eager fallback) fails the test
+            runs = [generate_pass(model, stage, text, given, 2, runner=r, **kwargs) for r in runners]
+        assert torch.equal(runs[0].tokens, runs[1].tokens)
+        assert (runs[0].logits - runs[1].logits).abs().max() < 1e-4

@@ -26,7 +26,7 @@ from cogvideo_engine.config import ModelConfig, tiny_config  # noqa: E402
 from cogvideo_engine.dsr import DsrConfig, DsrModel  # noqa: E402
 from cogvideo_engine.generation import generate_pass  # noqa: E402
 from cogvideo_engine.model import CogVideoModel, init_random_weights  # noqa: E402
-from cogvideo_engine.runner import ModelRunner  # noqa: E402
+from cogvideo_engine.runner import ModelRunner, weight_bytes  # noqa: E402
 from cogvideo_engine.sampler import VIDEO_SAMPLING, ClusterSampler  # noqa: E402
 from cogvideo_engine.super_resolution import super_resolve  # noqa: E402
 
@@ -94,15 +94,6 @@ def run_super_resolution(name: str, frames: int, device: str, dtype: torch.dtype
         print(f"{name:7s} super-resolution {row['backend']:10s} {frames} frames  {seconds:7.2f} s  "
               f"{seconds / frames:6.3f} s/frame  {row['gemm_tflops_achieved']:6.2f} TFLOP/s (GEMMs)")
     return rows
-
-
-def weight_bytes(model: CogVideoModel) -> int:
-    """Bytes a decode step must read: every layer's weights and the 20000-row logits head (the embedding
-    lookup reads only a few rows)."""
-    layers = sum(p.numel() * p.element_size() for p in model.transformer.layers.parameters())
-    plus = sum(p.numel() * p.element_size() for p in model.mixins["attention_plus"].parameters())
-    head = model.transformer.word_embeddings.weight[:20000]
-    return layers + plus + head.numel() * head.element_size()
 
 
 def original_style_attention(q, k, v, q_index, text_len, text_bias, rule):

@@ -22,6 +22,7 @@ from .checkpoint import load_model
 from .dsr import load_dsr_model
 from .export import to_uint8
 from .pipeline import PipelineSettings, stage1_tokens, stage2_tokens
+from .runner import weight_bytes
 from .sampler import ClusterSampler, PassSampling
 from .super_resolution import SR_PASS, super_resolve
 from .text_tokenizer import TextTokenizer
@@ -64,8 +65,8 @@ class SamplingParams:
 class VideoOutput:
     """One generated video: ``frames`` uint8 ``[F, H, W, 3]`` (480x480 after super-resolution, else 160x160),
     ``tokens`` ``[F, 400]``, ``sr_tokens`` ``[F, 3600]`` (None without super-resolution), ``fps`` (4 for stage 1
-    only, 8 with stage 2), ``timings`` in seconds (``stage1``, ``stage2``, ``super_resolution``, ``decode``,
-    ``total``)."""
+    only, 8 with stage 2), ``timings`` in seconds (``stage1``, ``time_to_first_frame`` -- the first frame's
+    tokens --, ``stage2``, ``super_resolution``, ``decode``, ``total``)."""
 
     prompt: str
     sample: int
@@ -75,18 +76,20 @@ class VideoOutput:
     fps: float
     timings: dict[str, float] = field(default_factory=dict)
     latency: dict[str, dict[str, float]] = field(default_factory=dict)
-    """Per phase: ``num_steps``, ms per step mean/p50/p90/p99, tokens/s (vLLM-style names). Steps are forward
-    steps for stage1/stage2 and frames for super_resolution and decode (ms per frame)."""
+    """Per phase: ``num_steps``, ms per step mean/p50/p90/p99, tokens/s (vLLM-style names), and for stage1/stage2
+    ``weight_gbytes_per_s`` (weights read per forward step x steps / seconds). Steps are forward steps for
+    stage1/stage2 and frames for super_resolution and decode (ms per frame). ``memory``: peak bytes."""
     sr_tokens: torch.Tensor | None = None
 
     def latency_report(self) -> str:
         lines = [f"{'phase':16s} {'steps':>6s} {'avg_ms':>8s} {'p50_ms':>8s} {'p90_ms':>8s} {'p99_ms':>8s} "
-                 f"{'tokens/s':>9s} {'seconds':>8s}"]
+                 f"{'tokens/s':>9s} {'weights GB/s':>12s} {'seconds':>8s}"]
         for phase, r in self.latency.items():
             if phase == "memory":
                 continue
+            bandwidth = f"{r['weight_gbytes_per_s']:12.2f}" if "weight_gbytes_per_s" in r else f"{'-':>12s}"
             lines.append(f"{phase:16s} {r['num_steps']:6d} {r['avg_step_ms']:8.2f} {r['p50_step_ms']:8.2f} "
-                         f"{r['p90_step_ms']:8.2f} {r['p99_step_ms']:8.2f} {r['tokens_per_s']:9.1f} "
+                         f"{r['p90_step_ms']:8.2f} {r['p99_step_ms']:8.2f} {r['tokens_per_s']:9.1f} {bandwidth} "
                          f"{r['seconds']:8.2f}")
         lines.append("  ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
         if "memory" in self.latency:
@@ -209,6 +212,8 @@ class Engine:
                 now = time.perf_counter()
                 step_times.setdefault(phase, []).append(now - last[0])
                 last[0] = now
+                if phase == "stage1" and done == total and "time_to_first_frame" not in timings:
+                    timings["time_to_first_frame"] = now - start  # the first-frame pass is stage 1's first
                 stop = cancel is not None and cancel()
                 if stop or (progress is not None and progress(phase, done, total) is False):
                     raise Cancelled(f"cancelled during {phase} at step {done}/{total}")
@@ -260,6 +265,10 @@ class Engine:
         latency = {phase: _latency([t / 1e3 for t in times] if phase in frame_ms else times,
                                    generated.get(phase, 0), timings[phase])
                    for phase, times in {**step_times, **frame_ms}.items()}
+        for phase, model in (("stage1", self.stage1_model), ("stage2", self.stage2_model)):
+            if phase in latency:  # every forward step reads every layer's weights and the logits head once
+                r = latency[phase]
+                r["weight_gbytes_per_s"] = weight_bytes(model) * r["num_steps"] / max(r["seconds"], 1e-9) / 1e9
         if sr_tokens is not None:
             latency["super_resolution"]["tokens_per_s"] = sr_tokens.numel() / max(timings["super_resolution"], 1e-9)
         latency["memory"] = {"peak_bytes": peak, "device": "cuda" if cuda else "cpu (max RSS)"}

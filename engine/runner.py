@@ -94,6 +94,15 @@ class StaticCache:
                 self.v[channel][layer_id].transpose(1, 2)[:, :, :-1])
 
 
+def weight_bytes(model: CogVideoModel) -> int:
+    """Bytes a decode step must read: every layer's weights and the 20000-row logits head (the embedding
+    lookup reads only a few rows)."""
+    layers = sum(p.numel() * p.element_size() for p in model.transformer.layers.parameters())
+    plus = sum(p.numel() * p.element_size() for p in model.mixins["attention_plus"].parameters())
+    head = model.transformer.word_embeddings.weight[:20000]
+    return layers + plus + head.numel() * head.element_size()
+
+
 class ModelRunner:
     """Runs a :class:`CogVideoModel` with fused weights and a static cache (see the module docstring)."""
 

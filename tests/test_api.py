@@ -27,8 +27,10 @@ def test_generate_batch_seeds_and_outputs(engine):
     assert [v.prompt for v in videos] == ["a cat", "a dog", "a dog"] and [v.sample for v in videos] == [0, 0, 1]
     v = videos[0]
     assert v.frames.shape == (5, 160, 160, 3) and v.frames.dtype == torch.uint8 and v.tokens.shape == (5, 400)
-    assert v.fps == 4.0 and set(v.timings) == {"stage1", "decode", "total"}
+    assert v.fps == 4.0 and set(v.timings) == {"stage1", "time_to_first_frame", "decode", "total"}
+    assert 0 < v.timings["time_to_first_frame"] < v.timings["stage1"]
     assert v.latency["stage1"]["num_steps"] == 2000 and "p90_ms" in v.latency_report()
+    assert v.latency["stage1"]["weight_gbytes_per_s"] > 0 and v.latency["decode"]["num_steps"] == 5
     again = engine.generate("a cat", FAST)[0]
     assert torch.equal(again.tokens, v.tokens)  # same seed, same video, whatever else was in the batch
     assert not torch.equal(videos[1].tokens, videos[2].tokens)

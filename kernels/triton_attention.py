@@ -73,6 +73,43 @@ if triton is not None:
         return visible
 
     @triton.jit
+    def _round_to_bf16(x):
+        """fp32 -> the nearest bf16 value (ties to even), kept in fp32. Only the interpreter needs it: its
+        fp32 -> bf16 cast truncates, where the GPU's rounds to nearest."""
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _online_softmax_update(acc, m_i, l_i, s, v_ptrs, v_mask,
+                               EXP2: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+        """Folds one key tile into the online softmax (shared by the window and the local-attention kernels).
+
+        ``s`` [M, N] are the tile's scores, ``-inf`` where not visible (base 2 when ``EXP2``, else base e);
+        ``acc`` [M, D], ``m_i`` and ``l_i`` [M] the fp32 state. V [N, D] is loaded here; ``p`` is cast to its
+        dtype for the ``p @ v`` product (IEEE-precision dot when ``IEEE``). ``UPCAST`` (the interpreter with
+        bf16 inputs, whose ``tl.dot`` multiplies bf16 bit patterns as integers) runs the product in fp32 with
+        ``p`` rounded to the nearest bf16 first: the numerics of the tensor-core path."""
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a query that has seen nothing yet
+        if EXP2:
+            p = tl.exp2(s - m_safe[:, None])
+            alpha = tl.exp2(m_i - m_safe)
+        else:
+            p = tl.exp(s - m_safe[:, None])
+            alpha = tl.exp(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_ptrs, mask=v_mask, other=0.0)  # [N, D]
+        if UPCAST:
+            pv = tl.dot(_round_to_bf16(p), v.to(tl.float32), input_precision="ieee")
+        elif IEEE:
+            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            pv = tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + pv
+        return acc, m_new, l_i
+
+    @triton.jit
     def _online_softmax_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, kv_mask, visible, bias, sm_scale,
                              IEEE: tl.constexpr):
         k = tl.load(k_ptrs, mask=kv_mask[None, :], other=0.0)  # [D, N]
@@ -82,18 +119,8 @@ if triton is not None:
             s = tl.dot(q, k)
         s = s * sm_scale + bias
         s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp(s - m_safe[:, None])
-        alpha = tl.exp(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_ptrs, mask=kv_mask[:, None], other=0.0)  # [N, D]
-        if IEEE:
-            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            pv = tl.dot(p.to(v.dtype), v)
-        acc = acc * alpha[:, None] + pv
-        return acc, m_new, l_i
+        return _online_softmax_update(acc, m_i, l_i, s, v_ptrs, kv_mask[:, None],
+                                      EXP2=False, IEEE=IEEE, UPCAST=False)
 
     @triton.jit
     def _window_attention_kernel(

@@ -80,13 +80,7 @@ def local_tiles(geometry: LocalGeometry, block_q: int) -> tuple[int, int]:
 
 if triton is not None:
 
-    @triton.jit
-    def _round_to_bf16(x):
-        """fp32 -> the nearest bf16 value (ties to even), kept in fp32. Only the interpreter needs it: its
-        fp32 -> bf16 cast truncates, where the GPU's rounds to nearest."""
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        return bits.to(tl.float32, bitcast=True)
+    from .triton_attention import _online_softmax_update, _round_to_bf16
 
     @triton.jit
     def _softmax_step(acc, m_i, l_i, q, k_ptrs, v_ptrs, k_mask, v_mask, visible, qk_scale,
@@ -104,20 +98,7 @@ if triton is not None:
         else:
             s = tl.dot(q, k)
         s = tl.where(visible, s * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a query that has seen nothing yet
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_ptrs, mask=v_mask, other=0.0)  # [BLOCK_N, D]
-        if UPCAST:
-            pv = tl.dot(_round_to_bf16(p), v.to(tl.float32), input_precision="ieee")
-        elif IEEE:
-            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            pv = tl.dot(p.to(v.dtype), v)
-        acc = acc * alpha[:, None] + pv
-        return acc, m_new, l_i
+        return _online_softmax_update(acc, m_i, l_i, s, v_ptrs, v_mask, EXP2=True, IEEE=IEEE, UPCAST=UPCAST)
 
     @triton.jit
     def _local_attention_kernel(

@@ -25,6 +25,7 @@
 #include <immintrin.h>
 #endif
 
+#include "cogvideo/dtype_convert.h"
 #include "cogvideo/local_attention.h"
 
 #ifdef _OPENMP
@@ -78,57 +79,12 @@ inline vf exp_nonpositive(const vf& x) {
   return x > lo ? y * scale : vf{};
 }
 
-// ---- dtype conversion ------------------------------------------------------------------------------------
+// ---- dtype conversion (cogvideo/dtype_convert.h) ------------------------------------------------------
 
-inline float half_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t mant = h & 0x3ffu;
-  uint32_t bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal half: normalise
-      exp = 113;
-      while ((mant & 0x400u) == 0) {
-        mant <<= 1;
-        --exp;
-      }
-      bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 112) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-inline uint16_t float_to_half(float f) {  // round to nearest even
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const uint32_t sign = (x >> 16) & 0x8000u;
-  const uint32_t abs = x & 0x7fffffffu;
-  if (abs > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
-  if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow (or inf) -> inf
-  if (abs < 0x38800000u) {  // half subnormal or zero
-    if (abs < 0x33000000u) return static_cast<uint16_t>(sign);
-    const uint32_t e = abs >> 23;
-    const uint32_t m = (abs & 0x7fffffu) | 0x800000u;
-    const uint32_t shift = 126 - e;
-    uint32_t half = m >> shift;
-    const uint32_t rem = m & ((1u << shift) - 1);
-    const uint32_t mid = 1u << (shift - 1);
-    if (rem > mid || (rem == mid && (half & 1u))) ++half;
-    return static_cast<uint16_t>(sign | half);
-  }
-  uint32_t half = (abs - 0x38000000u) >> 13;
-  const uint32_t rem = abs & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (half & 1u))) ++half;
-  return static_cast<uint16_t>(sign | half);
-}
+using detail::bf16_to_float;
+using detail::float_to_bf16;
+using detail::float_to_half;
+using detail::half_to_float;
 
 // n contiguous elements of a row to fp32.
 inline void load_row(const void* base, int64_t offset, DType dt, int n, float* dst) {
@@ -139,12 +95,7 @@ inline void load_row(const void* base, int64_t offset, DType dt, int n, float* d
     case DType::kBFloat16: {
       const uint16_t* src = static_cast<const uint16_t*>(base) + offset;
 #pragma omp simd
-      for (int i = 0; i < n; ++i) {
-        const uint32_t bits = static_cast<uint32_t>(src[i]) << 16;
-        float f;
-        std::memcpy(&f, &bits, 4);
-        dst[i] = f;
-      }
+      for (int i = 0; i < n; ++i) dst[i] = bf16_to_float(src[i]);
       break;
     }
     default: {
@@ -169,13 +120,7 @@ inline void store_row(void* base, int64_t offset, DType dt, int n, const float* 
     case DType::kBFloat16: {
       uint16_t* dst = static_cast<uint16_t*>(base) + offset;
 #pragma omp simd
-      for (int i = 0; i < n; ++i) {
-        uint32_t x;
-        std::memcpy(&x, &src[i], 4);
-        const bool nan = (x & 0x7fffffffu) > 0x7f800000u;
-        const uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
-        dst[i] = static_cast<uint16_t>(nan ? ((x >> 16) | 0x40u) : rounded);
-      }
+      for (int i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i]);
       break;
     }
     default: {

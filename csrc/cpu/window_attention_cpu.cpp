@@ -13,6 +13,7 @@
 #include <numeric>
 #include <vector>
 
+#include "cogvideo/dtype_convert.h"
 #include "cogvideo/rules.h"
 #include "cogvideo/window_attention.h"
 
@@ -29,86 +30,9 @@ constexpr int kDirectMax = 4;      // tiles this small (decode) read K/V rows in
 constexpr int kRowBlock = 6;  // query rows per micro-kernel pass
 constexpr int kKeyBlock = 64;  // keys per micro-kernel pass (QK^T)
 
-inline float half_to_float(uint16_t h) {
-  const uint32_t sign = (h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1f;
-  uint32_t mant = h & 0x3ffu;
-  uint32_t bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal: normalise
-      exp = 127 - 15 + 1;
-      while ((mant & 0x400u) == 0) {
-        mant <<= 1;
-        --exp;
-      }
-      bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-inline uint16_t float_to_half(float f) {  // round to nearest even
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const uint32_t sign = (x >> 16) & 0x8000u;
-  const uint32_t abs = x & 0x7fffffffu;
-  if (abs >= 0x7f800000u) return static_cast<uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0));
-  if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow -> inf
-  if (abs < 0x38800000u) {  // subnormal or zero in half
-    if (abs < 0x33000000u) return static_cast<uint16_t>(sign);
-    const uint32_t e = abs >> 23;
-    const uint32_t m = (abs & 0x7fffffu) | 0x800000u;
-    const uint32_t shift = 126 - e;  // 14 + (113 - e)
-    uint32_t half = m >> shift;
-    const uint32_t rem = m & ((1u << shift) - 1);
-    const uint32_t mid = 1u << (shift - 1);
-    if (rem > mid || (rem == mid && (half & 1u))) ++half;
-    return static_cast<uint16_t>(sign | half);
-  }
-  uint32_t half = ((abs - 0x38000000u) >> 13);
-  const uint32_t rem = abs & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (half & 1u))) ++half;
-  return static_cast<uint16_t>(sign | half);
-}
-
-inline float bf16_to_float(uint16_t h) {
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-inline uint16_t float_to_bf16(float f) {  // round to nearest even
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);  // NaN stays NaN
-  x += 0x7fffu + ((x >> 16) & 1u);
-  return static_cast<uint16_t>(x >> 16);
-}
-
-inline float load_elem(const void* base, int64_t offset, DType dt) {
-  switch (dt) {
-    case DType::kFloat32: return static_cast<const float*>(base)[offset];
-    case DType::kFloat16: return half_to_float(static_cast<const uint16_t*>(base)[offset]);
-    default: return bf16_to_float(static_cast<const uint16_t*>(base)[offset]);
-  }
-}
-
-inline void store_elem(void* base, int64_t offset, DType dt, float value) {
-  switch (dt) {
-    case DType::kFloat32: static_cast<float*>(base)[offset] = value; break;
-    case DType::kFloat16: static_cast<uint16_t*>(base)[offset] = float_to_half(value); break;
-    default: static_cast<uint16_t*>(base)[offset] = float_to_bf16(value); break;
-  }
-}
+using detail::bf16_to_float;
+using detail::load_elem;
+using detail::store_elem;
 
 // exp for x <= 0 (softmax after subtracting the row max): Cephes-style range reduction and polynomial,
 // 8e-8 max relative error. Written without branches or float-to-int conversions (rounding by the

@@ -13,6 +13,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cogvideo/cuda_utils.cuh"
 #include "cogvideo/rules.h"
 #include "cogvideo/window_attention.h"
 
@@ -20,30 +21,12 @@ namespace cogvideo {
 namespace {
 
 constexpr int kWarps = 4;  // queries per block
-constexpr unsigned kFull = 0xffffffffu;
+constexpr unsigned kFull = detail::kFullWarp;
 
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
-__device__ __forceinline__ float warp_max(float x) {
-  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(kFull, x, o));
-  return x;
-}
-
-__device__ __forceinline__ float warp_sum(float x) {
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(kFull, x, o);
-  return x;
-}
+using detail::from_float;
+using detail::to_float;
+using detail::warp_max;
+using detail::warp_sum;
 
 struct Strides {
   int64_t q[4], k[4], v[4], o[4];

@@ -11,51 +11,14 @@
 #include <string>
 #include <vector>
 
+#include "cogvideo/dtype_convert.h"
 #include "cogvideo/local_attention.h"
+#include "test_util.h"
 
 using namespace cogvideo;
+using namespace cogvideo_test;
 
 namespace {
-
-int failures = 0;
-
-void expect(bool ok, const std::string& what) {
-  if (!ok) {
-    std::printf("FAIL: %s\n", what.c_str());
-    ++failures;
-  }
-}
-
-uint16_t to_bf16(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  x += 0x7fffu + ((x >> 16) & 1u);
-  return static_cast<uint16_t>(x >> 16);
-}
-
-float from_bf16(uint16_t h) {
-  const uint32_t x = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &x, 4);
-  return f;
-}
-
-// fp16 of values that are exactly representable normal halves or zero (inputs are rounded to 1/64 first).
-uint16_t to_half_exact(float f) {
-  if (f == 0.0f) return 0;
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const uint32_t sign = (x >> 16) & 0x8000u;
-  const uint32_t e = ((x >> 23) & 0xffu) - 127 + 15;
-  return static_cast<uint16_t>(sign | (e << 10) | ((x & 0x7fffffu) >> 13));
-}
-
-float from_half(uint16_t h) {
-  const uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-  const float mag = e == 0 ? std::ldexp(static_cast<float>(m), -24)
-                           : std::ldexp(1.0f + m / 1024.0f, static_cast<int>(e) - 15);
-  return (h & 0x8000u) ? -mag : mag;
-}
 
 // Naive reference for query cell i of one head: every key cell tested against the rule (local_rules.py).
 void reference(const LocalGeometry& g, int D, const float* q, const float* k, const float* v, const float* kl,
@@ -206,9 +169,42 @@ void expect_error(F&& f, const std::string& fragment) {
   }
 }
 
+// The host fp16 / bf16 conversions of the CPU kernels (cogvideo/dtype_convert.h): every half and bf16 value
+// round-trips, ties round to even, overflow gives inf, NaN stays a quiet NaN of the same sign.
+void check_dtype_convert() {
+  using namespace cogvideo::detail;
+  auto bits = [](float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    return x;
+  };
+  int bad = 0;
+  for (uint32_t h = 0; h < 0x10000u; ++h) {
+    const bool half_nan = (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu);
+    const uint16_t back = float_to_half(half_to_float(static_cast<uint16_t>(h)));
+    if (half_nan ? back != ((h & 0x8000u) | 0x7e00u) : back != h) ++bad;
+    const bool finite = (h & 0x7fffu) < 0x7c00u;
+    if (finite && half_to_float(static_cast<uint16_t>(h)) != from_half(static_cast<uint16_t>(h))) ++bad;
+    const bool bf_nan = (h & 0x7f80u) == 0x7f80u && (h & 0x7fu);
+    const uint16_t bf_back = float_to_bf16(bf16_to_float(static_cast<uint16_t>(h)));
+    if (bf_nan ? bf_back != (h | 0x40u) : bf_back != h) ++bad;
+  }
+  expect(bad == 0, "fp16 / bf16 round trips");
+  expect(float_to_half(1.0f + 0x1p-11f) == 0x3c00u && float_to_half(1.0f + 3 * 0x1p-11f) == 0x3c02u,
+         "fp16 ties to even");
+  expect(float_to_half(0x1p-25f) == 0 && float_to_half(0x1.8p-25f) == 1 && float_to_half(0x1p-24f) == 1,
+         "fp16 subnormal rounding");
+  expect(float_to_half(65520.0f) == 0x7c00u && float_to_half(65519.0f) == 0x7bffu, "fp16 overflow");
+  expect(float_to_half(-INFINITY) == 0xfc00u && float_to_bf16(INFINITY) == 0x7f80u, "inf stays inf");
+  expect(float_to_half(-NAN) == 0xfe00u && (float_to_bf16(std::nanf("")) & 0x7fc0u) == 0x7fc0u, "NaN stays quiet NaN");
+  expect(float_to_bf16(from_bf16(0x3f80u) + 0x1p-8f) == 0x3f80u && bits(bf16_to_float(0x3f81u)) == 0x3f810000u,
+         "bf16 ties to even");
+}
+
 }  // namespace
 
 int main() {
+  check_dtype_convert();
   const LocalGeometry geometries[] = {
       geometry(6, 2, 9, 5, 5),     // every window clipped on every side; ratio 3
       geometry(12, 4, 9, 5, 5),    // interior queries in both windows
@@ -250,7 +246,5 @@ int main() {
   flat.ndim = 3;
   expect_error([&] { local_attention_cpu(q, q, q, low, low, flat, g); }, "out must be 4-D");
 
-  if (failures) std::printf("%d failure(s)\n", failures);
-  else std::printf("all passed\n");
-  return failures ? 1 : 0;
+  return finish();
 }

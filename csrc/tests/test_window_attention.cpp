@@ -10,19 +10,12 @@
 
 #include "cogvideo/rules.h"
 #include "cogvideo/window_attention.h"
+#include "test_util.h"
 
 using namespace cogvideo;
+using namespace cogvideo_test;
 
 namespace {
-
-int failures = 0;
-
-void expect(bool ok, const char* what) {
-  if (!ok) {
-    std::printf("FAIL: %s\n", what);
-    ++failures;
-  }
-}
 
 TensorView view4(void* data, DType dt, int64_t b, int64_t h, int64_t n, int64_t d) {
   TensorView t;
@@ -72,20 +65,6 @@ void reference(const std::vector<float>& q, const std::vector<float>& k, const s
     const double p = std::exp(s[row] - mx) / sum;
     for (int d = 0; d < D; ++d) out[d] += static_cast<float>(p * v[((b * H + h) * S + row) * D + d]);
   }
-}
-
-uint16_t to_bf16(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  x += 0x7fffu + ((x >> 16) & 1u);
-  return static_cast<uint16_t>(x >> 16);
-}
-
-float from_bf16(uint16_t h) {
-  uint32_t x = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &x, 4);
-  return f;
 }
 
 void run_case(const char* name, AttentionRule r, DType dt, double tol) {
@@ -208,7 +187,5 @@ int main() {
   } catch (const InvalidArgument& e) {
     expect(std::string(e.what()).find("head dim 24") != std::string::npos, "head-dim message");
   }
-  if (failures) std::printf("%d failure(s)\n", failures);
-  else std::printf("all passed\n");
-  return failures ? 1 : 0;
+  return finish();
 }

@@ -88,9 +88,9 @@ class VideoOutput:
             if phase == "memory":
                 continue
             bandwidth = f"{r['weight_gbytes_per_s']:12.2f}" if "weight_gbytes_per_s" in r else f"{'-':>12s}"
+            rate = f"{r['tokens_per_s']:9.1f}" if r["tokens_per_s"] else f"{'-':>9s}"  # decode makes no tokens
             lines.append(f"{phase:16s} {r['num_steps']:6d} {r['avg_step_ms']:8.2f} {r['p50_step_ms']:8.2f} "
-                         f"{r['p90_step_ms']:8.2f} {r['p99_step_ms']:8.2f} {r['tokens_per_s']:9.1f} {bandwidth} "
-                         f"{r['seconds']:8.2f}")
+                         f"{r['p90_step_ms']:8.2f} {r['p99_step_ms']:8.2f} {rate} {bandwidth} {r['seconds']:8.2f}")
         lines.append("  ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
         if "memory" in self.latency:
             mem = self.latency["memory"]

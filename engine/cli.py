@@ -99,11 +99,14 @@ def cmd_generate(args) -> int:
             return
         from tqdm import tqdm
 
+        for other in [p for p in bars if p != phase]:  # a new phase: the previous one is over
+            bars.pop(other).close()
         bar = bars.get(phase)
         if bar is None or bar.total != total or done < bar.n:  # a new pass within the phase
             if bar is not None:
                 bar.close()
-            bar = bars[phase] = tqdm(total=total, desc=phase, unit="step", file=sys.stderr, leave=False)
+            unit = "frame" if phase == "super_resolution" else "step"
+            bar = bars[phase] = tqdm(total=total, desc=phase, unit=unit, file=sys.stderr, leave=False)
         bar.update(done - bar.n)
 
     resume = None

@@ -203,6 +203,7 @@ class DsrModel(nn.Module):
             x = layer.finish(x, out)
         return self.transformer.final_layernorm(x[:, split:])
 
+    @torch.no_grad()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 logits over the image tokens from the tied ``word_embeddings[:20000]``."""
         return F.linear(hidden.float(), self.transformer.word_embeddings.weight[:NUM_IMAGE_TOKENS].float())
@@ -251,7 +252,7 @@ def load_dsr_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
 def random_dsr_model(config: DsrConfig, seed: int) -> DsrModel:
     """A DSR model with deterministic random weights (tests, the embedded default model); write it in the
     released layout with :func:`cogvideo_engine.checkpoint.write_sat_checkpoint`."""
-    return init_random_weights(DsrModel(config), seed=seed).eval()
+    return init_random_weights(DsrModel(config), seed=seed).eval().requires_grad_(False)
 
 
 __all__ = ["DSR_MODEL_CLASS", "DsrConfig", "DsrModel", "LOW_POSITION_START", "load_dsr_model", "random_dsr_model",

@@ -104,6 +104,9 @@ class _Decoder(nn.Module):
         return self.conv_out(_swish(self.norm_out(h)))
 
 
+MAX_PIXELS_PER_BATCH = 1_000_000  # output pixels per decoder call: ~0.5 GB per 128-channel fp32 activation
+
+
 class _Codebook(nn.Module):
     def __init__(self):
         super().__init__()
@@ -121,10 +124,12 @@ class ImageDecoder(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
 
     @torch.no_grad()
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, max_pixels: int = MAX_PIXELS_PER_BATCH) -> torch.Tensor:
         """``LongTensor[B, h, w]`` or ``[B, h * w]`` (square) -> ``FloatTensor[B, 3, 8h, 8w]``, de-normalised.
 
-        Runs in the decoder's dtype; the result is fp32.
+        Runs in the decoder's dtype; the result is fp32. Frames go through the decoder in batches of at most
+        ``max_pixels`` output pixels (the activations are 128 channels at full resolution: 480x480 frames are
+        decoded 4 at a time by default, 160x160 ones 39 at a time).
         """
         if tokens.dim() == 2:
             side = int(round(tokens.shape[1] ** 0.5))
@@ -136,9 +141,12 @@ class ImageDecoder(nn.Module):
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= CODEBOOK_SIZE):
             raise ValueError(f"image tokens must lie in 0..{CODEBOOK_SIZE - 1}")
         weight = self.quantize.embed.weight
-        z = F.embedding(tokens.to(weight.device), weight).permute(0, 3, 1, 2)
-        out = self.decs["1"](z).float()
-        return out * self.std + self.mean
+        per_batch = max(1, max_pixels // (64 * tokens.shape[1] * tokens.shape[2]))
+        outs = []
+        for chunk in tokens.split(per_batch):
+            z = F.embedding(chunk.to(weight.device), weight).permute(0, 3, 1, 2)
+            outs.append(self.decs["1"](z).float() * self.std + self.mean)
+        return torch.cat(outs) if outs else torch.empty(0, 3, 8 * tokens.shape[1], 8 * tokens.shape[2])
 
 
 def load_image_decoder(path: str | os.PathLike, dtype: torch.dtype = torch.float32,

@@ -72,6 +72,7 @@ def test_decoder_matches_the_functional_computation(ice_image):
     assert out.shape == (2, 3, 160, 160) and out.dtype == torch.float32
     torch.testing.assert_close(out, functional_decode(sd, tokens), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(decoder.decode(tokens.reshape(2, 400)), out)  # [B, 400] works too
+    torch.testing.assert_close(decoder.decode(tokens, max_pixels=1), out)  # one frame per decoder call
 
 
 def test_decoder_parameter_count_matches_spec(ice_image):

@@ -10,7 +10,7 @@ import torch
 
 def report() -> str:
     from cogvideo_engine import __version__
-    from cogvideo_engine.kernels.registry import backend_status, default_backend
+    from cogvideo_engine.kernels.registry import backend_status, default_backend, local_backend_status
 
     lines = [f"cogvideo_engine {__version__}", f"python {platform.python_version()}, torch {torch.__version__}"]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -23,6 +23,11 @@ def report() -> str:
         for s in backend_status(device):
             lines.append(f"  {'yes' if s.available else 'no ':3s}  {s.name:9s}  {s.reason}")
         lines.append(f"  default on {device}: {default_backend(device)}")
+        window = {s.name: s.available for s in backend_status(device)}
+        local = [s.name for s in local_backend_status(device) if s.available]
+        missing = [f"{s.name} ({s.reason})" for s in local_backend_status(device) if window[s.name] and not s.available]
+        lines.append(f"  super-resolution local attention on {device}: {', '.join(local)}"
+                     + (f"; missing: {'; '.join(missing)}" if missing else ""))
     return "\n".join(lines)
 
 

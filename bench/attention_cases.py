@@ -8,7 +8,7 @@ in slot 3, one in slot 4). Implementations, all fed the same cache:
 * ``cpu`` / ``cuda`` -- the csrc kernels (C++ with OpenMP; CUDA C++),
 * ``sdpa``    -- dense masked ``scaled_dot_product_attention`` with the rule mask (mask built outside timing),
 * ``flex``    -- FlexAttention with ``mask_mod`` / ``score_mod`` taken from the same rule functions
-  (compiled on CUDA; eager on CPU), BlockMask built outside timing,
+  (compiled, per case), BlockMask built outside timing,
 * ``gather``  -- decode only: the original code's way, Python index lists + ``index_select`` + dense math.
 
 Useful FLOPs count only visible (query, key) pairs: ``4 * d * pairs * heads`` (QK^T and PV). Bytes count
@@ -152,6 +152,7 @@ def run_flex(case: Case, x: Inputs):
 
     n_q, n_k = x.q.shape[2], x.k.shape[2]
     block = create_block_mask(mask_mod, case.batch, None, n_q, n_k, device=x.q.device.type)
+    torch._dynamo.reset()  # compile each case for its own static shapes (recompiling dynamic ones fails on CPU)
     fn = torch.compile(flex_attention)  # FlexAttention is meant to run compiled (CPU and CUDA)
     return lambda: fn(x.q, x.k, x.v, score_mod=score_mod, block_mask=block)
 

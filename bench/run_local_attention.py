@@ -70,6 +70,7 @@ def run_flex(x, device):
         return torch.where(kv_idx < n, high_visible(G, q_idx, kv_idx), low_visible(G, q_idx, kv_idx - n))
 
     block = create_block_mask(mask_mod, None, None, n, n + G.num_low, device=device)
+    torch._dynamo.reset()
     fn = torch.compile(flex_attention)
     return lambda: fn(q, keys, values, block_mask=block)
 

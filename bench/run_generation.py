@@ -1,5 +1,5 @@
-"""Generation benchmark: forward steps, ms/step, tokens/s, per-pass seconds, KV-cache bytes, weight bandwidth,
-sequential vs wavefront, for a model shape given by name (random weights).
+"""Generation benchmark: forward steps, ms/step, tokens/s, per-pass seconds, time to the first generated frame,
+KV-cache bytes, weight bandwidth, sequential vs wavefront, for a model shape given by name (random weights).
 
     python bench/run_generation.py [--model tiny|medium|real] [--device cpu|cuda] [--backend auto] [--out F]
 
@@ -140,18 +140,23 @@ def run_pass(model, stage, text_len, guided, num_targets, schedule, backend, dev
     guider = text[:, :6] if guided else None
     runner = ModelRunner(model, backend)
     sampler = ClusterSampler(torch.arange(20000) % 500)
+    step_done: list[float] = []  # wall time at the end of each step (the sampled tokens are on the host)
     if device == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     out = generate_pass(model, pass_, text, given, num_targets, sampler, VIDEO_SAMPLING, [(0, 0)],
                         text_bias=0.0 if guided else 1.4, guider_text_ids=guider, schedule=schedule,
-                        boi_id=20099, runner=runner)
+                        boi_id=20099, runner=runner, progress=lambda done, total: step_done.append(time.perf_counter()))
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
+    layout = model.config.layout(pass_, text_len, num_targets)
+    first = layout.num_given  # the first generated frame is complete after the last step that feeds it
+    last_step = max(i for i, positions in enumerate(out.schedule)
+                    if any(int(layout.slot(q)) == first for q in positions))
     rows = 2 if guided else 1
-    cache = runner.new_cache([model.config.layout(pass_, text_len, num_targets)] * rows)
-    return out, seconds, cache.nbytes
+    cache = runner.new_cache([layout] * rows)
+    return out, seconds, cache.nbytes, step_done[last_step] - t0
 
 
 def main(argv=None) -> int:
@@ -184,7 +189,7 @@ def main(argv=None) -> int:
             models[stage] = build(args.model, stage, args.device, dtype)
         model = models[stage]
         wbytes = weight_bytes(model)
-        out, seconds, cache_bytes = run_pass(model, stage, 20 if stage == 1 else 9, guided, targets,
+        out, seconds, cache_bytes, first_frame_s = run_pass(model, stage, 20 if stage == 1 else 9, guided, targets,
                                              "sequential" if schedule == "original-style" else schedule,
                                              attention, args.device)
         tokens = out.tokens.numel()
@@ -192,13 +197,15 @@ def main(argv=None) -> int:
                "dtype": str(dtype).removeprefix("torch."),
                "backend": "original-style gather" if schedule == "original-style" else args.backend,
                "forward_steps": out.steps,
-               "seconds": seconds, "ms_per_step": 1e3 * seconds / out.steps, "tokens_per_s": tokens / seconds,
+               "seconds": seconds, "time_to_first_frame_s": first_frame_s,
+               "ms_per_step": 1e3 * seconds / out.steps, "tokens_per_s": tokens / seconds,
                "kv_cache_bytes": cache_bytes, "weight_bytes": wbytes,
                "weight_gbytes_per_s": wbytes * out.steps / seconds / 1e9,
                "outside_forward_fraction": 1 - out.forward_seconds / out.seconds}
         rows.append(row)
         print(f"{args.model:7s} {label:22s} {schedule:10s} steps {out.steps:5d}  {row['ms_per_step']:7.2f} ms/step"
-              f"  {row['tokens_per_s']:8.1f} tok/s  {seconds:7.2f} s  cache {cache_bytes / 1e6:8.1f} MB"
+              f"  {row['tokens_per_s']:8.1f} tok/s  {seconds:7.2f} s (first frame {first_frame_s:6.2f} s)"
+              f"  cache {cache_bytes / 1e6:8.1f} MB"
               f"  weights {row['weight_gbytes_per_s']:6.2f} GB/s"
               f"  outside forward {100 * row['outside_forward_fraction']:4.1f}%")
     models.clear()

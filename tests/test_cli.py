@@ -35,7 +35,8 @@ def test_convert_command_and_errors(engine_home, tmp_path, capsys):
 
 def test_info_command(capsys):
     assert main(["info"]) == 0
-    assert "attention backends on cpu" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "attention backends on cpu" in out and "super-resolution local attention on cpu" in out
 
 
 def test_generate_needs_a_prompt(capsys):
@@ -43,3 +44,19 @@ def test_generate_needs_a_prompt(capsys):
     assert "give a prompt or --prompt-file" in capsys.readouterr().err
     args = __import__("cogvideo_engine.cli", fromlist=["build_parser"]).build_parser().parse_args(["profile", "x"])
     assert args.profile == "output/trace.json" and args.prompt == "x"
+
+
+def test_generate_super_resolution_flags():
+    from cogvideo_engine.cli import build_parser
+
+    args = build_parser().parse_args(["generate", "x"])
+    assert args.super_resolution is None and args.dsr is None and args.decoder_dtype is None  # defaults: by assets
+    args = build_parser().parse_args(["generate", "x", "--no-super-resolution", "--decoder-dtype", "bf16",
+                                      "--dsr", "/m/cogview2-dsr", "--sr-max-batch", "4"])
+    assert (args.super_resolution, args.decoder_dtype, args.dsr, args.sr_max_batch) == \
+        (False, "bf16", "/m/cogview2-dsr", 4)
+
+
+def test_missing_dsr_checkpoint_is_a_clear_error(engine_home, capsys):
+    assert main(["generate", "x", "--dsr", str(engine_home / "nowhere"), "--quiet"]) == 2
+    assert "super-resolution checkpoint" in capsys.readouterr().err

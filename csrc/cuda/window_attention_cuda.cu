@@ -315,13 +315,17 @@ template <typename T, int D>
 void launch_tiles(const T* q, const T* k, const T* v, T* out, const Strides& st, const QueryInfo& info,
                   const AttentionRule& rule, int64_t batch, int64_t heads, int64_t num_q, cudaStream_t stream) {
   constexpr size_t bytes = TileLayout<D>::kBytes;
-  static bool configured = false;  // the first launch happens outside any CUDA-graph capture (warm-up)
-  if (!configured) {
+  // The shared-memory opt-in is per device; done at the first launch on each (the warm-up, outside any capture).
+  constexpr int kMaxDevices = 64;
+  static bool configured[kMaxDevices] = {};
+  int device = 0;
+  cudaGetDevice(&device);
+  if (device >= kMaxDevices || !configured[device]) {
     const cudaError_t err = cudaFuncSetAttribute(window_attention_tc_kernel<T, D>,
                                                  cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
     if (err != cudaSuccess)
       throw std::runtime_error(std::string("window_attention_cuda: shared memory opt-in: ") + cudaGetErrorString(err));
-    configured = true;
+    if (device < kMaxDevices) configured[device] = true;
   }
   dim3 grid(static_cast<unsigned>((num_q + kTileM - 1) / kTileM), static_cast<unsigned>(batch * heads));
   window_attention_tc_kernel<T, D><<<grid, kTileWarps * 32, bytes, stream>>>(

@@ -104,3 +104,14 @@ def test_super_resolution_gives_480_frames(engine):
     no_dsr = Engine(engine.stage1_model, engine.stage2_model, engine.tokenizer, engine.decoder, engine.sampler)
     with pytest.raises(ValueError, match="cogview2-dsr"):
         no_dsr.generate("a cat", params)
+
+
+def test_super_resolution_is_on_when_the_checkpoint_is_given(engine):
+    from cogvideo_engine.default_model import default_assets_root
+
+    root = default_assets_root()  # the engine fixture's home: holds cogview2-dsr/
+    assert Engine.from_pretrained(root).super_resolution_default
+    assert not engine.super_resolution_default  # Engine.default(): only when asked
+    assert Engine.default(dsr=root / "cogview2-dsr").super_resolution_default
+    with pytest.raises(FileNotFoundError, match="super-resolution checkpoint"):
+        Engine.from_pretrained(root, dsr=root / "missing")

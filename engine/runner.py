@@ -95,12 +95,11 @@ class StaticCache:
 
 
 def weight_bytes(model: CogVideoModel) -> int:
-    """Bytes a decode step must read: every layer's weights and the 20000-row logits head (the embedding
-    lookup reads only a few rows)."""
+    """Bytes a decode step must read: every layer's weights and the 20000-row logits head, which the runner
+    keeps in fp32 as the logits are computed in fp32 (the embedding lookup reads only a few rows)."""
     layers = sum(p.numel() * p.element_size() for p in model.transformer.layers.parameters())
     plus = sum(p.numel() * p.element_size() for p in model.mixins["attention_plus"].parameters())
-    head = model.transformer.word_embeddings.weight[:20000]
-    return layers + plus + head.numel() * head.element_size()
+    return layers + plus + NUM_IMAGE_TOKENS * model.config.hidden_size * 4
 
 
 class ModelRunner:
@@ -139,6 +138,8 @@ class ModelRunner:
         self.hidden = cfg.hidden_size
         self.heads = cfg.num_attention_heads
         self.head_dim = cfg.head_dim
+        # fp32 logits head (tied to the image-token embeddings), converted once instead of at every step
+        self.logits_head = model.transformer.word_embeddings.weight[:NUM_IMAGE_TOKENS].float()
         start = cfg.geometry.extra_table_start  # position id -> row of [base[:start] | extra]
         self.position_table = torch.cat([model.transformer.position_embeddings.weight[:start],
                                          model.mixins["extra_position_embedding"].position_embeddings.weight])
@@ -244,8 +245,7 @@ class ModelRunner:
                                                    layer.mlp.dense_4h_to_h.bias))
         if not want_logits:
             return None
-        head = model.transformer.word_embeddings.weight[:NUM_IMAGE_TOKENS]
-        return _linear(model.transformer.final_layernorm(x).float(), head.float())
+        return _linear(model.transformer.final_layernorm(x).float(), self.logits_head)
 
 
 class DecodeGraphs:

@@ -62,6 +62,38 @@ def keyed_uniforms(key: tuple[int, ...], count: int = 2) -> list[float]:
     return out
 
 
+def _signed64(c: int) -> int:
+    """The int64 holding the bit pattern of the uint64 ``c``."""
+    return c - (1 << 64) if c >= (1 << 63) else c
+
+
+def _shr(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Logical right shift of uint64 bit patterns held in int64."""
+    return (x >> n) & ((1 << (64 - n)) - 1)
+
+
+def _splitmix64_tensor(x: torch.Tensor) -> torch.Tensor:
+    """:func:`_splitmix64` on int64 tensors holding uint64 bit patterns (integer arithmetic wraps mod 2^64)."""
+    x = x + _signed64(0x9E3779B97F4A7C15)
+    x = (x ^ _shr(x, 30)) * _signed64(0xBF58476D1CE4E5B9)
+    x = (x ^ _shr(x, 27)) * _signed64(0x94D049BB133111EB)
+    return x ^ _shr(x, 31)
+
+
+def keyed_uniforms_last(prefix: tuple[int, ...], last: torch.Tensor, count: int = 2) -> torch.Tensor:
+    """``[N, count]`` float64: row ``i`` equals ``keyed_uniforms(prefix + (last[i],), count)``, computed on
+    ``last``'s device at once (``last``: int64, values in 0..2^63-1)."""
+    h = 0x243F6A8885A308D3
+    for part in prefix:
+        h = _splitmix64(h ^ (int(part) & _MASK64))
+    x = _splitmix64_tensor(last.long() ^ _signed64(h))
+    out = []
+    for i in range(count):
+        x = _splitmix64_tensor(x ^ (i + 1))
+        out.append(_shr(x, 11).double() * (1.0 / (1 << 53)))
+    return torch.stack(out, dim=-1)
+
+
 class ClusterSampler:
     """Samples image tokens with CogVideo's cluster strategy.
 
@@ -117,14 +149,23 @@ class ClusterSampler:
                 out[:, member] = torch.softmax(scaled[:, member], dim=-1) * pick[:, c:c + 1]
         return out
 
-    def sample(self, logits: torch.Tensor, params: PassSampling, keys: list[tuple[int, ...]]) -> torch.Tensor:
+    def sample(self, logits: torch.Tensor, params: PassSampling, keys: list[tuple[int, ...]] | None = None, *,
+               uniforms: torch.Tensor | None = None) -> torch.Tensor:
         """One token per row of ``logits [N, 20000]`` (fp32, guidance already applied), row ``i`` drawn with
-        the uniforms of ``keys[i]``. Returns ``LongTensor[N]``."""
+        the uniforms of ``keys[i]`` -- or given directly as ``uniforms [N, 2]`` (e.g. from
+        :func:`keyed_uniforms_last`). Returns ``LongTensor[N]``."""
         if logits.dim() != 2 or logits.shape[1] != NUM_IMAGE_TOKENS:
             raise ValueError(f"logits must be [N, {NUM_IMAGE_TOKENS}], got {tuple(logits.shape)}")
-        if len(keys) != logits.shape[0]:
-            raise ValueError(f"{logits.shape[0]} rows but {len(keys)} keys")
-        u = torch.tensor([keyed_uniforms(k) for k in keys], dtype=torch.float64, device=logits.device)
+        if (keys is None) == (uniforms is None):
+            raise ValueError("give either keys or uniforms")
+        if uniforms is not None:
+            if tuple(uniforms.shape) != (logits.shape[0], 2):
+                raise ValueError(f"uniforms must be [{logits.shape[0]}, 2], got {tuple(uniforms.shape)}")
+            u = uniforms.to(logits.device, torch.float64)
+        else:
+            if len(keys) != logits.shape[0]:
+                raise ValueError(f"{logits.shape[0]} rows but {len(keys)} keys")
+            u = torch.tensor([keyed_uniforms(k) for k in keys], dtype=torch.float64, device=logits.device)
         scaled = logits.float() / params.temperature
         mass = self.cluster_mass(logits, params)
         top_mass, top_clusters = mass.topk(params.top_k, dim=-1)

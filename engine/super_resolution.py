@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .dsr import DsrModel
-from .sampler import ClusterSampler, PassSampling
+from .sampler import ClusterSampler, PassSampling, keyed_uniforms_last
 
 SR_SAMPLING = PassSampling(temperature=1.0, top_k=6, temperature2=0.6)
 """``IterativeEntfilterStrategy(topk=6)`` with its hard-coded inner temperature 0.6."""
@@ -88,8 +88,9 @@ def super_resolve(model: DsrModel, text_ids: list[list[int]], frames: torch.Tens
             key = frame_keys[start + row]
             for c0 in range(0, positions, SAMPLE_CHUNK):
                 logits = model.logits(hidden[row, c0:c0 + SAMPLE_CHUNK])
-                keys = [tuple(key) + (0, j) for j in range(c0, c0 + logits.shape[0])]
-                out[start + row, c0:c0 + logits.shape[0]] = sampler.sample(logits, params, keys).cpu()
+                j = torch.arange(c0, c0 + logits.shape[0], device=logits.device)
+                u = keyed_uniforms_last(tuple(key) + (0,), j)  # = keyed_uniforms(key + (0, j)), all j at once
+                out[start + row, c0:c0 + logits.shape[0]] = sampler.sample(logits, params, uniforms=u).cpu()
         result.batch_seconds.append(time.perf_counter() - t0)
         result.batch_frames.append(stop - start)
         if progress is not None:

@@ -209,3 +209,12 @@ def test_gpu_cuda_graph_steps_equal_eager_steps(backend):
             runs = [generate_pass(model, stage, text, given, 2, runner=r, **kwargs) for r in runners]
         assert torch.equal(runs[0].tokens, runs[1].tokens)
         assert (runs[0].logits - runs[1].logits).abs().max() < 1e-4
+
+
+def test_vectorised_keyed_uniforms_equal_the_scalar_ones():
+    from cogvideo_engine.sampler import keyed_uniforms_last
+
+    last = torch.tensor([0, 1, 2, 399, 3599, 10**6, 2**62 + 12345])
+    for prefix in [(1234, 0, 3, 0, 7, 0), (2**63 + 5, -1, 2**40), ()]:
+        expect = torch.tensor([keyed_uniforms(prefix + (int(j),)) for j in last], dtype=torch.float64)
+        assert torch.equal(keyed_uniforms_last(prefix, last), expect)

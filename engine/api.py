@@ -102,10 +102,13 @@ class Engine:
     """CogVideo generation from text (see the module docstring)."""
 
     def __init__(self, stage1_model, stage2_model, tokenizer: TextTokenizer, decoder, sampler: ClusterSampler,
-                 backend: str | None = None, dsr_model=None, super_resolution_default: bool | None = None):
+                 backend: str | None = None, dsr_model=None, super_resolution_default: bool | None = None,
+                 offload_to: str | torch.device | None = None):
+        """``offload_to``: the models stay where they are (the CPU) and each moves there for its own stage."""
         self.stage1_model, self.stage2_model, self.dsr_model = stage1_model, stage2_model, dsr_model
         self.tokenizer, self.decoder, self.sampler = tokenizer, decoder, sampler
         self.backend = backend
+        self.offload_to = torch.device(offload_to) if offload_to is not None else None
         self.super_resolution_default = dsr_model is not None if super_resolution_default is None else \
             super_resolution_default
 
@@ -116,13 +119,16 @@ class Engine:
                         dsr: str | Path | None = None, device: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32, backend: str | None = None,
                         super_resolution_default: bool | None = None,
-                        decoder_dtype: torch.dtype | None = None) -> "Engine":
+                        decoder_dtype: torch.dtype | None = None, offload: bool = False) -> "Engine":
         """Load the assets; ``root`` laid out like the released folder (``cogvideo-stage1/``,
         ``cogvideo-stage2/``, ``cogview2-dsr/``, ``ice_text.model``, ``ice_image.pt``, ``cluster_label2.npy``)
         fills what is not given explicitly. ``stage2`` may be missing for stage-1-only use, ``dsr`` (the
         super-resolution checkpoint) for 160x160 output. ``super_resolution_default``: whether requests
         super-resolve unless they say otherwise (default: when the DSR checkpoint is there). ``decoder_dtype``:
-        the VQ decoder's dtype (default ``dtype``; bf16 halves the CPU decode time of a 480x480 frame)."""
+        the VQ decoder's dtype (default ``dtype``; bf16 halves the CPU decode time of a 480x480 frame).
+        ``offload``: keep the stage-1, stage-2 and DSR models in CPU memory and move each to ``device`` only for
+        its stage, as the original pipeline does (one 7.7 B model on the GPU at a time, ~15 GB in bf16, plus
+        the runner's fused copies of the attention weights, instead of all three)."""
         root = Path(root) if root is not None else None
 
         def pick(explicit, name):
@@ -136,20 +142,21 @@ class Engine:
         dsr_path = Path(dsr) if dsr is not None else root / "cogview2-dsr" if root is not None else None
         if dsr is not None and not dsr_path.exists():
             raise FileNotFoundError(f"super-resolution checkpoint {dsr_path} does not exist")
-        return cls(load_model(pick(stage1, "cogvideo-stage1"), dtype, device, stage=1),
-                   load_model(stage2_path, dtype, device, stage=2) if stage2_path.exists() else None,
+        home = "cpu" if offload else device  # where the big models live between stages
+        return cls(load_model(pick(stage1, "cogvideo-stage1"), dtype, home, stage=1),
+                   load_model(stage2_path, dtype, home, stage=2) if stage2_path.exists() else None,
                    TextTokenizer(pick(text_model, "ice_text.model")),
                    load_image_decoder(pick(image_decoder, "ice_image.pt"), decoder_dtype or dtype, device),
                    ClusterSampler.from_file(pick(cluster_labels, "cluster_label2.npy")), backend,
-                   load_dsr_model(dsr_path, dtype, device) if dsr_path is not None and dsr_path.exists() else None,
-                   super_resolution_default)
+                   load_dsr_model(dsr_path, dtype, home) if dsr_path is not None and dsr_path.exists() else None,
+                   super_resolution_default, offload_to=device if offload else None)
 
     @classmethod
     def default(cls, **kwargs) -> "Engine":
         """The embedded default assets: tiny, random weights, real geometry (built once on first use).
 
         Its tiny DSR model super-resolves only when a request asks (``SamplingParams(super_resolution=True)``):
-        decoding 480x480 frames on a CPU takes about a second per frame."""
+        decoding 480x480 frames on a CPU takes seconds per frame."""
         from .default_model import default_assets_root
 
         kwargs.setdefault("super_resolution_default", kwargs.get("dsr") is not None)
@@ -226,8 +233,8 @@ class Engine:
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         if resume is None:
-            with _nvtx("cogvideo.stage1", cuda):
-                frames = stage1_tokens(self.stage1_model, self.tokenizer, prompt, p.num_samples, p.seed,
+            with _nvtx("cogvideo.stage1", cuda), self._resident(self.stage1_model) as model:
+                frames = stage1_tokens(model, self.tokenizer, prompt, p.num_samples, p.seed,
                                        self.sampler, settings, backend=self.backend, progress=step_hook("stage1"))
         else:
             frames = resume.long()
@@ -235,8 +242,8 @@ class Engine:
         fps = 4.0
         if not p.only_first_stage:
             t0 = time.perf_counter()
-            with _nvtx("cogvideo.stage2", cuda):
-                frames = stage2_tokens(self.stage2_model, self.tokenizer, prompt, frames, p.seed, self.sampler,
+            with _nvtx("cogvideo.stage2", cuda), self._resident(self.stage2_model) as model:
+                frames = stage2_tokens(model, self.tokenizer, prompt, frames, p.seed, self.sampler,
                                        settings, backend=self.backend, progress=step_hook("stage2"))
             timings["stage2"] = time.perf_counter() - t0
             fps = 8.0
@@ -245,7 +252,7 @@ class Engine:
         sr_tokens, frame_ms = None, {}
         if want_sr:
             t0 = time.perf_counter()
-            with _nvtx("cogvideo.super_resolution", cuda):
+            with _nvtx("cogvideo.super_resolution", cuda), self._resident(self.dsr_model):
                 sr = self._super_resolve(prompt, frames, p, step_hook("super_resolution"))
             sr_tokens = sr.tokens.reshape(samples, num_frames, -1)
             step_times.pop("super_resolution", None)  # reported per frame instead of per batch
@@ -276,6 +283,21 @@ class Engine:
         latency["memory"] = {"peak_bytes": peak, "device": "cuda" if cuda else "cpu (max RSS)"}
         return [VideoOutput(prompt, s, p.seed, frames[s], decoded[s], fps, dict(timings), latency,
                             None if sr_tokens is None else sr_tokens[s]) for s in range(samples)]
+
+    @contextlib.contextmanager
+    def _resident(self, model):
+        """``model`` on the run device for the duration (with ``offload_to``: moved there and back)."""
+        if self.offload_to is None:
+            yield model
+            return
+        home = next(model.parameters()).device
+        model.to(self.offload_to)
+        try:
+            yield model
+        finally:
+            model.to(home)
+            if self.offload_to.type == "cuda":
+                torch.cuda.empty_cache()
 
     def _super_resolve(self, prompt: str, frames: torch.Tensor, p: SamplingParams, progress):
         """``frames [S, F, 400]`` -> :class:`SuperResolution` of the ``S * F`` frames, keyed by (sample, frame)."""

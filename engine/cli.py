@@ -79,7 +79,7 @@ def cmd_generate(args) -> int:
     prompts = [args.prompt] if args.prompt else [
         line.strip() for line in open(args.prompt_file, encoding="utf-8") if line.strip()]
     kwargs = dict(device=args.device, dtype=DTYPES[args.dtype],
-                  decoder_dtype=DTYPES[args.decoder_dtype] if args.decoder_dtype else None,
+                  decoder_dtype=DTYPES[args.decoder_dtype] if args.decoder_dtype else None, offload=args.offload,
                   backend=None if args.backend == "auto" else args.backend, dsr=args.dsr)
     if args.model_root:
         engine = Engine.from_pretrained(args.model_root, **kwargs)
@@ -175,6 +175,8 @@ def _add_generate_args(g: argparse.ArgumentParser, default_profile: str | None =
     g.add_argument("--upscale", action="store_true",
                    help="nearest-neighbour upscale of 160x160 output to 480x480 (without super-resolution)")
     g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    g.add_argument("--offload", action="store_true",
+                   help="keep the models in CPU memory and move each to --device for its stage only")
     g.add_argument("--decoder-dtype", choices=sorted(DTYPES),
                    help="the VQ decoder's dtype (default: --dtype); bf16 halves CPU decoding of 480x480 frames")
     g.add_argument("--device", default="cpu")

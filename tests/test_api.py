@@ -115,3 +115,23 @@ def test_super_resolution_is_on_when_the_checkpoint_is_given(engine):
     assert Engine.default(dsr=root / "cogview2-dsr").super_resolution_default
     with pytest.raises(FileNotFoundError, match="super-resolution checkpoint"):
         Engine.from_pretrained(root, dsr=root / "missing")
+
+
+def test_offload_moves_each_model_for_its_stage_only(engine):
+    """With offload the models live on the CPU between stages (here the run device is the CPU too, so this
+    checks the bookkeeping and that the result is unchanged)."""
+    offloaded = Engine.default(offload=True)
+    assert offloaded.offload_to == torch.device("cpu")
+    assert torch.equal(offloaded.generate("a cat", FAST)[0].tokens, engine.generate("a cat", FAST)[0].tokens)
+    assert next(offloaded.stage1_model.parameters()).device.type == "cpu"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_offload_keeps_models_on_the_cpu_between_stages(engine):
+    resident = Engine.default(device="cuda")
+    offloaded = Engine.default(device="cuda", offload=True)
+    assert next(offloaded.stage1_model.parameters()).device.type == "cpu"
+    a, b = resident.generate("a cat", FAST)[0], offloaded.generate("a cat", FAST)[0]
+    assert torch.equal(a.tokens, b.tokens)
+    assert next(offloaded.stage1_model.parameters()).device.type == "cpu"

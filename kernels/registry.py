@@ -69,21 +69,31 @@ def backend_status(device: torch.device | str = "cpu") -> list[BackendStatus]:
     ]
 
 
+def _best(statuses: list[BackendStatus], device: torch.device | str) -> str:
+    available = {s.name for s in statuses if s.available}
+    return next(n for n in PREFERENCE.get(torch.device(device).type, ("reference",)) if n in available)
+
+
+def _resolve(name: str | None, statuses: list[BackendStatus], device: torch.device | str, task: str) -> str:
+    """``name`` (None/"auto": the best available) checked against ``statuses``; errors name the reason."""
+    if name in (None, "auto"):
+        return _best(statuses, device)
+    status = {s.name: s for s in statuses}
+    if name not in status:
+        raise ValueError(f"unknown attention backend {name!r}: expected one of {', '.join(NAMES)}")
+    if not status[name].available:
+        raise ValueError(f"attention backend {name!r} cannot run{task} on {device}: {status[name].reason}")
+    return name
+
+
 def default_backend(device: torch.device | str = "cpu") -> str:
     """Name of the best backend available on ``device``."""
-    status = {s.name: s for s in backend_status(device)}
-    return next(n for n in PREFERENCE.get(torch.device(device).type, ("reference",)) if status[n].available)
+    return _best(backend_status(device), device)
 
 
 def get_backend(name: str | None, device: torch.device | str = "cpu") -> WindowAttentionFn:
     """The attention function of backend ``name`` (``None`` or ``"auto"``: the best available on ``device``)."""
-    if name in (None, "auto"):
-        name = default_backend(device)
-    status = {s.name: s for s in backend_status(device)}
-    if name not in status:
-        raise ValueError(f"unknown attention backend {name!r}: expected one of {', '.join(NAMES)}")
-    if not status[name].available:
-        raise ValueError(f"attention backend {name!r} cannot run on {device}: {status[name].reason}")
+    name = _resolve(name, backend_status(device), device, "")
     if name == "reference":
         from .reference import window_attention
         return window_attention
@@ -112,14 +122,7 @@ def local_backend_status(device: torch.device | str = "cpu") -> list[BackendStat
 
 def get_local_backend(name: str | None, device: torch.device | str = "cpu") -> LocalAttentionFn:
     """The super-resolution local-attention function of backend ``name`` (None/"auto": best on ``device``)."""
-    status = {s.name: s for s in local_backend_status(device)}
-    if name in (None, "auto"):
-        name = next(n for n in PREFERENCE.get(torch.device(device).type, ("reference",)) if status[n].available)
-    if name not in status:
-        raise ValueError(f"unknown attention backend {name!r}: expected one of {', '.join(NAMES)}")
-    if not status[name].available:
-        raise ValueError(f"attention backend {name!r} cannot run the local attention on {device}: "
-                         f"{status[name].reason}")
+    name = _resolve(name, local_backend_status(device), device, " the local attention")
     if name == "reference":
         from .local_reference import local_attention
         return local_attention

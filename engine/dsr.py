@@ -39,7 +39,7 @@ from cogvideo_engine.kernels.registry import get_local_backend
 
 from .checkpoint import CheckpointError, SAT_CONFIG, check_state_dict, read_sat_state_dict, sat_checkpoint_file
 from .config import MODEL_CLASSES, NUM_IMAGE_TOKENS, BackboneShape
-from .model import AttentionPlus, Backbone, ExtraPositions, init_random_weights
+from .model import AttentionPlus, Backbone, ExtraPositions, init_random_weights, merge_heads
 
 LOW_POSITION_START = 513
 """Position id of the first low-resolution token (the CogView2 image block starts at 512 + BOI)."""
@@ -133,10 +133,6 @@ class DsrModel(nn.Module):
         c = self.config
         return list(x.view(b, n, 3, c.num_attention_heads, c.head_dim).permute(2, 0, 3, 1, 4).unbind(0))
 
-    @staticmethod
-    def _merge(x: torch.Tensor) -> torch.Tensor:  # [B, H, N, d] -> [B, N, H*d]
-        b, h, n, d = x.shape
-        return x.transpose(1, 2).reshape(b, n, h * d)
 
     def level0_inputs(self, text_ids: list[list[int]], low_tokens: torch.Tensor):
         """Input ids ``[B, P + M]``, position ids and the ``[B, 1, P + M, P + M]`` additive mask of level 0.
@@ -199,7 +195,7 @@ class DsrModel(nn.Module):
             ctx0 = dense_attention(q0, k0, v0, additive)
             low = slice(split - g.num_low, split)
             ctx1 = local(q1, k1, v1, k0[:, :, low], v0[:, :, low], g)
-            out = torch.cat([layer.attention.dense(self._merge(ctx0)), plus.dense[layer_id](self._merge(ctx1))], 1)
+            out = torch.cat([layer.attention.dense(merge_heads(ctx0)), plus.dense[layer_id](merge_heads(ctx1))], 1)
             x = layer.finish(x, out)
         return self.transformer.final_layernorm(x[:, split:])
 

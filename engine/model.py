@@ -24,6 +24,12 @@ from cogvideo_engine.kernels.rules import Pass, StreamLayout
 
 from .config import NUM_IMAGE_TOKENS, ModelConfig
 
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """``[B, H, N, d]`` attention output -> ``[B, N, H * d]``."""
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """SwissArmyTransformer's GeLU (tanh approximation), written as the original computes it."""
     return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * x * (1.0 + 0.044715 * x * x)))
@@ -180,10 +186,6 @@ class CogVideoModel(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.config.num_attention_heads, self.config.head_dim).transpose(1, 2)
 
-    @staticmethod
-    def _merge(x: torch.Tensor) -> torch.Tensor:  # [B, H, N, d] -> [B, N, H*d]
-        b, h, n, d = x.shape
-        return x.transpose(1, 2).reshape(b, n, h * d)
 
     def _channel(self, cache: KVCache, name: str, layer_id: int, qkv: torch.Tensor, index: torch.Tensor,
                  call: tuple, attend: WindowAttentionFn) -> torch.Tensor:
@@ -191,7 +193,7 @@ class CogVideoModel(nn.Module):
         channel = 0 if name == "spatial" else 1
         cache.write(channel, layer_id, index, k, v)
         k_all, v_all = cache.keys(channel, layer_id)
-        return self._merge(attend(q, k_all, v_all, *call, cache.rule(name, layer_id)))
+        return merge_heads(attend(q, k_all, v_all, *call, cache.rule(name, layer_id)))
 
     # -- the one forward ------------------------------------------------------------------------------
 

@@ -185,9 +185,14 @@ class ModelRunner:
     def step(self, cache: StaticCache, positions: list[tuple[int, int]], input_ids: torch.Tensor,
              text_bias: torch.Tensor) -> torch.Tensor:
         """Feed frame positions (the same for every row) with ``input_ids [B, n]``; logits ``[B, n, V]``."""
+        return self._forward(cache, *self.step_inputs(cache, positions, input_ids, text_bias), True)
+
+    def step_inputs(self, cache: StaticCache, positions: list[tuple[int, int]], input_ids: torch.Tensor,
+                    text_bias: torch.Tensor) -> list[torch.Tensor]:
+        """The device tensors a step's forward reads: ids, query indices, position ids, text bias."""
         q_index = self.frame_index(cache, positions)
-        return self._forward(cache, input_ids.to(self.device), q_index, self.position_ids(cache, q_index),
-                             text_bias.to(self.device, torch.float32), True)
+        return [input_ids.to(self.device), q_index, self.position_ids(cache, q_index),
+                text_bias.to(self.device, torch.float32)]
 
     def stepper(self, cache: StaticCache):
         """The decode-step function for ``cache``: :meth:`step`, or its CUDA-graph replay when enabled."""
@@ -263,9 +268,7 @@ class DecodeGraphs:
 
     def step(self, positions: list[tuple[int, int]], input_ids: torch.Tensor, text_bias: torch.Tensor):
         r, cache = self.runner, self.cache
-        q_index = r.frame_index(cache, positions)
-        inputs = [input_ids.to(r.device), q_index, r.position_ids(cache, q_index),
-                  text_bias.to(r.device, torch.float32)]
+        inputs = r.step_inputs(cache, positions, input_ids, text_bias)
         n = len(positions)
         if n not in self.graphs:
             try:

@@ -249,31 +249,29 @@ class Engine:
             fps = 8.0
         samples, num_frames = frames.shape[0], frames.shape[1]
         frames = frames.reshape(samples, num_frames, -1)
-        sr_tokens, frame_ms = None, {}
+        sr_tokens = None
         if want_sr:
             t0 = time.perf_counter()
             with _nvtx("cogvideo.super_resolution", cuda), self._resident(self.dsr_model):
                 sr = self._super_resolve(prompt, frames, p, step_hook("super_resolution"))
             sr_tokens = sr.tokens.reshape(samples, num_frames, -1)
-            step_times.pop("super_resolution", None)  # reported per frame instead of per batch
-            frame_ms["super_resolution"] = sr.frame_ms
+            step_times["super_resolution"] = sr.frame_seconds  # reported per frame, not per batch
             timings["super_resolution"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        decoded, decode_ms = [], []
+        decoded, decode_seconds = [], []
         with _nvtx("cogvideo.decode", cuda):
             for s in range(samples):
                 t_s = time.perf_counter()
                 decoded.append(self.decode(frames[s] if sr_tokens is None else sr_tokens[s]))
-                decode_ms += [1e3 * (time.perf_counter() - t_s) / num_frames] * num_frames
-        frame_ms["decode"] = decode_ms
+                decode_seconds += [(time.perf_counter() - t_s) / num_frames] * num_frames
+        step_times["decode"] = decode_seconds
         timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes()
         frame_len = frames.shape[-1]
         generated = {"stage1": samples * 5 * frame_len, "stage2": samples * (num_frames - 5) * frame_len}
-        latency = {phase: _latency([t / 1e3 for t in times] if phase in frame_ms else times,
-                                   generated.get(phase, 0), timings[phase])
-                   for phase, times in {**step_times, **frame_ms}.items()}
+        latency = {phase: _latency(times, generated.get(phase, 0), timings[phase])
+                   for phase, times in step_times.items()}
         for phase, model in (("stage1", self.stage1_model), ("stage2", self.stage2_model)):
             if phase in latency:  # every forward step reads every layer's weights and the logits head once
                 r = latency[phase]

@@ -35,9 +35,9 @@ class SuperResolution:
     batch_frames: list[int] = field(default_factory=list)
 
     @property
-    def frame_ms(self) -> list[float]:
-        """Milliseconds per frame, one entry per frame (each frame gets its batch's time / batch size)."""
-        return [1e3 * s / n for s, n in zip(self.batch_seconds, self.batch_frames) for _ in range(n)]
+    def frame_seconds(self) -> list[float]:
+        """Seconds per frame, one entry per frame (each frame gets its batch's time / batch size)."""
+        return [s / n for s, n in zip(self.batch_seconds, self.batch_frames) for _ in range(n)]
 
 
 def bytes_per_frame(model: DsrModel) -> int:

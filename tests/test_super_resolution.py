@@ -25,7 +25,7 @@ def test_tokens_are_keyed_and_independent_of_batching():
     one_by_one = super_resolve(model, texts, low, sampler, keys, BOI, max_batch=1, backend="reference")
     assert together.tokens.shape == (3, SMALL_LOCAL.num_queries)
     assert torch.equal(together.tokens, one_by_one.tokens)
-    assert one_by_one.batch_frames == [1, 1, 1] and len(together.frame_ms) == 3
+    assert one_by_one.batch_frames == [1, 1, 1] and len(together.frame_seconds) == 3
     # each token is the keyed draw from its own row of logits, inside the chosen cluster
     logits = model.logits(model.hidden_states(texts[:1], low[:1], BOI, backend="reference"))[0]
     expect = sampler.sample(logits, SR_SAMPLING, [keys[0] + (0, j) for j in range(SMALL_LOCAL.num_queries)])

@@ -67,6 +67,7 @@ setup(
     # torch is deliberately a floor, not a pin: install torch first (see README) so pip never pulls a CUDA build.
     install_requires=["torch>=2.6", "numpy", "safetensors", "sentencepiece", "pillow", "tqdm"],
     # triton runs the fused kernels on CUDA, and on CPU under TRITON_INTERPRET=1 (the tests).
-    extras_require={"triton": ["triton>=3.2"], "mp4": ["imageio-ffmpeg"], "test": ["pytest>=7", "pytest-benchmark", "triton>=3.2"]},
+    extras_require={"triton": ["triton>=3.2"], "mp4": ["imageio-ffmpeg"],
+                    "test": ["pytest>=7", "pytest-benchmark", "triton>=3.2", "ruff==0.17.6"]},
     entry_points={"console_scripts": ["cogvideo-engine=cogvideo_engine.cli:main"]},
 )

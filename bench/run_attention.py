@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention_cases import CASES, IMPLS, applicable, ideal_bytes, make_inputs, useful_flops  # noqa: E402
+from cogvideo_engine.kernels.reference import window_attention
 
-from cogvideo_engine.kernels.reference import window_attention  # noqa: E402
+from attention_cases import CASES, IMPLS, applicable, ideal_bytes, make_inputs, useful_flops
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TOL = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 6e-2}
@@ -37,7 +37,7 @@ def environment(device: str) -> dict:
         triton_version = None
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip() or None
+                                check=False, cwd=Path(__file__).parent).stdout.strip() or None
     except OSError:
         commit = None
     name = torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine())
@@ -100,7 +100,7 @@ def run(device: str, dtype: torch.dtype, reps: int, impls: list[str], case_names
                 if err > TOL[dtype]:
                     raise AssertionError(f"max error {err:.3g} against the reference")
                 seconds = time_fn(fn, device, reps)
-            except Exception as e:  # a baseline that cannot run here is reported, not fatal
+            except Exception as e:  # noqa: BLE001  (a baseline that cannot run here is reported, not fatal)
                 rows.append({**row, "skipped": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
                 continue
             flops, nbytes = useful_flops(case, x), ideal_bytes(case, x)

@@ -20,15 +20,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_attention import environment, write_rows  # noqa: E402
+from cogvideo_engine.config import ModelConfig, tiny_config
+from cogvideo_engine.dsr import DsrConfig, DsrModel
+from cogvideo_engine.generation import generate_pass
+from cogvideo_engine.model import CogVideoModel, init_random_weights
+from cogvideo_engine.runner import ModelRunner, weight_bytes
+from cogvideo_engine.sampler import VIDEO_SAMPLING, ClusterSampler
+from cogvideo_engine.super_resolution import super_resolve
 
-from cogvideo_engine.config import ModelConfig, tiny_config  # noqa: E402
-from cogvideo_engine.dsr import DsrConfig, DsrModel  # noqa: E402
-from cogvideo_engine.generation import generate_pass  # noqa: E402
-from cogvideo_engine.model import CogVideoModel, init_random_weights  # noqa: E402
-from cogvideo_engine.runner import ModelRunner, weight_bytes  # noqa: E402
-from cogvideo_engine.sampler import VIDEO_SAMPLING, ClusterSampler  # noqa: E402
-from cogvideo_engine.super_resolution import super_resolve  # noqa: E402
+from run_attention import environment, write_rows
 
 MODELS = {
     "tiny": lambda stage: tiny_config(stage, num_layers=2, hidden_size=64, num_attention_heads=1),
@@ -108,8 +108,9 @@ def original_style_attention(q, k, v, q_index, text_len, text_bias, rule):
     """The original code's decode attention: per query, Python index lists of the rows it reads (stage-2
     windows built from the clipped start/end loops, contiguous ranges otherwise), ``index_select``, dense
     softmax. Prefill rows (many per call) go through the dense reference, as the original's NAR path."""
-    from attention_cases import Case, original_key_rows
     from cogvideo_engine.kernels.reference import window_attention
+
+    from attention_cases import Case, original_key_rows
 
     if q.shape[2] > 4:
         return window_attention(q, k, v, q_index, text_len, text_bias, rule)

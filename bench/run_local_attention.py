@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_attention import DTYPES, TOL, environment, gemm_row, time_fn, write_rows  # noqa: E402
+from cogvideo_engine.kernels.local_reference import local_additive, local_attention
+from cogvideo_engine.kernels.local_rules import DSR_GEOMETRY, high_visible, low_visible
 
-from cogvideo_engine.kernels.local_reference import local_additive, local_attention  # noqa: E402
-from cogvideo_engine.kernels.local_rules import DSR_GEOMETRY, high_visible, low_visible  # noqa: E402
+from run_attention import DTYPES, TOL, environment, gemm_row, time_fn, write_rows
 
 HEADS, HEAD_DIM = 48, 64
 G = DSR_GEOMETRY
@@ -118,7 +118,7 @@ def run(device: str, dtype: torch.dtype, frames: int, reps: int, impls: list[str
             if err > TOL[dtype]:
                 raise AssertionError(f"max error {err:.3g} against the reference")
             seconds = time_fn(fn, device, reps, warmup=1 if device == "cpu" else 3)
-        except Exception as e:  # a baseline that cannot run here is reported, not fatal
+        except Exception as e:  # noqa: BLE001  (a baseline that cannot run here is reported, not fatal)
             rows.append({**row, "skipped": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
             continue
         rows.append({**row, "seconds": seconds, "max_abs_err": err, "useful_tflops": flops / seconds / 1e12,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention_cases import CASES, IMPLS, applicable, ideal_bytes, make_inputs, useful_flops  # noqa: E402
+from attention_cases import CASES, IMPLS, applicable, ideal_bytes, make_inputs, useful_flops
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32

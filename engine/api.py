@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from .checkpoint import load_model
+from .checks import (require_bool, require_callable, require_choice, require_int, require_real,
+                     require_token_tensor)
 from .dsr import load_dsr_model
 from .export import to_uint8
-from .pipeline import PipelineSettings, stage1_tokens, stage2_tokens
+from .config import NUM_IMAGE_TOKENS
+from .pipeline import STAGE1_FRAMES, PipelineSettings, check_prompt, stage1_tokens, stage2_tokens
 from .runner import weight_bytes
+from .scheduler import SCHEDULES
 from .sampler import ClusterSampler, PassSampling
 from .super_resolution import SR_PASS, super_resolve
 from .text_tokenizer import TextTokenizer
@@ -35,7 +39,10 @@ class Cancelled(Exception):
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """One request's settings; the defaults are those of the released pipeline script."""
+    """One request's settings; the defaults are those of the released pipeline script. Every field is checked
+    when the object is made (``TypeError`` / ``ValueError`` naming the field and the constraint); the limits
+    that depend on the engine's assets (top-k against the number of clusters, super-resolution against the DSR
+    checkpoint) are checked by :meth:`Engine.generate` before any compute."""
 
     seed: int = 1234
     num_samples: int = 1
@@ -52,6 +59,21 @@ class SamplingParams:
     super_resolution: bool | None = None
     """480x480 output through the DSR model; None: on when the engine's DSR checkpoint was given."""
     sr_max_batch: int = 12  # frames per super-resolution forward (lowered to what fits in memory)
+
+    def __post_init__(self):
+        require_int("seed", self.seed, minimum=0, maximum=2**63 - 1)
+        require_int("num_samples", self.num_samples, minimum=1)
+        require_bool("only_first_stage", self.only_first_stage)
+        require_bool("use_guidance_stage1", self.use_guidance_stage1)
+        require_real("guidance_alpha", self.guidance_alpha)
+        for name in ("temperature", "temperature2", "first_frame_temperature"):
+            require_real(name, getattr(self, name), positive=True)
+        require_int("top_k", self.top_k, minimum=1)
+        require_int("first_frame_top_k", self.first_frame_top_k, minimum=1)
+        require_choice("schedule", self.schedule, SCHEDULES)
+        require_int("max_batch", self.max_batch, minimum=1)
+        require_bool("super_resolution", self.super_resolution, optional=True)
+        require_int("sr_max_batch", self.sr_max_batch, minimum=1)
 
     def pipeline_settings(self, boi_id: int) -> PipelineSettings:
         return PipelineSettings(
@@ -82,8 +104,8 @@ class VideoOutput:
     sr_tokens: torch.Tensor | None = None
 
     def latency_report(self) -> str:
-        lines = [f"{'phase':16s} {'steps':>6s} {'avg_ms':>8s} {'p50_ms':>8s} {'p90_ms':>8s} {'p99_ms':>8s} "
-                 f"{'tokens/s':>9s} {'weights GB/s':>12s} {'seconds':>8s}"]
+        lines = [(f"{'phase':16s} {'steps':>6s} {'avg_ms':>8s} {'p50_ms':>8s} {'p90_ms':>8s} {'p99_ms':>8s} "
+                  f"{'tokens/s':>9s} {'weights GB/s':>12s} {'seconds':>8s}")]
         for phase, r in self.latency.items():
             if phase == "memory":
                 continue
@@ -119,7 +141,7 @@ class Engine:
                         dsr: str | Path | None = None, device: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32, backend: str | None = None,
                         super_resolution_default: bool | None = None,
-                        decoder_dtype: torch.dtype | None = None, offload: bool = False) -> "Engine":
+                        decoder_dtype: torch.dtype | None = None, offload: bool = False) -> Engine:
         """Load the assets; ``root`` laid out like the released folder (``cogvideo-stage1/``,
         ``cogvideo-stage2/``, ``cogview2-dsr/``, ``ice_text.model``, ``ice_image.pt``, ``cluster_label2.npy``)
         fills what is not given explicitly. ``stage2`` may be missing for stage-1-only use, ``dsr`` (the
@@ -152,7 +174,7 @@ class Engine:
                    super_resolution_default, offload_to=device if offload else None)
 
     @classmethod
-    def default(cls, **kwargs) -> "Engine":
+    def default(cls, **kwargs) -> Engine:
         """The embedded default assets: tiny, random weights, real geometry (built once on first use).
 
         Its tiny DSR model super-resolves only when a request asks (``SamplingParams(super_resolution=True)``):
@@ -175,20 +197,16 @@ class Engine:
         """Generate ``num_samples`` videos per prompt.
 
         params: one for all prompts or one per prompt. stage1_tokens_in: ``[S, 5, 400]`` saved stage-1 tokens
-        to resume stage 2 from (one prompt). progress: ``progress(phase, done, total)``; returning False
-        cancels. cancel: polled at every step; True cancels. Cancelling raises :class:`Cancelled`.
-        profile_path: write a torch.profiler Chrome trace of the whole call there (phases are NVTX ranges on
-        CUDA).
+        to resume stage 2 from (one prompt, ``S = num_samples``). progress: ``progress(phase, done, total)``;
+        returning False cancels. cancel: polled at every step; True cancels. Cancelling raises
+        :class:`Cancelled`. profile_path: write a torch.profiler Chrome trace of the whole call there (phases
+        are NVTX ranges on CUDA).
+
+        Every argument and every request is checked against the engine's assets before any compute (prompt
+        lengths in every pass, top-k against the clusters, the checkpoints a request needs): a bad request
+        among several raises ``TypeError`` / ``ValueError`` before the first one starts.
         """
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise ValueError("no prompts given")
-        params = params or SamplingParams()
-        per_prompt = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
-        if len(per_prompt) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(per_prompt)} SamplingParams")
-        if stage1_tokens_in is not None and len(prompts) != 1:
-            raise ValueError("stage1_tokens_in resumes one prompt")
+        prompts, per_prompt = self._check_request(prompts, params, stage1_tokens_in, progress, cancel, profile_path)
         if profile_path is not None:
             activities = [torch.profiler.ProfilerActivity.CPU]
             if torch.cuda.is_available():
@@ -204,13 +222,58 @@ class Engine:
             outputs += self._generate_one(prompt, p, stage1_tokens_in, progress, cancel)
         return outputs
 
+    def _check_request(self, prompts, params, resume, progress, cancel, profile_path):
+        """``(prompts, one SamplingParams per prompt)`` after checking every argument of :meth:`generate`."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        elif isinstance(prompts, (list, tuple)):
+            prompts = list(prompts)
+        else:
+            raise TypeError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}")
+        if not prompts:
+            raise ValueError("no prompts given")
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"prompt {i} must be a non-empty string, got {prompt!r}")
+        params = SamplingParams() if params is None else params
+        per_prompt = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
+        if len(per_prompt) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(per_prompt)} SamplingParams")
+        for p in per_prompt:
+            if not isinstance(p, SamplingParams):
+                raise TypeError(f"params must be SamplingParams (or a list of them), got {type(p).__name__}")
+        require_callable("progress", progress)
+        require_callable("cancel", cancel)
+        if profile_path is not None and not isinstance(profile_path, (str, Path)):
+            raise TypeError(f"profile_path must be a str or Path, got {type(profile_path).__name__}")
+        if resume is not None:
+            if len(prompts) != 1:
+                raise ValueError("stage1_tokens_in resumes one prompt")
+            frame_len = self.stage1_model.config.geometry.frame_len
+            require_token_tensor("stage1_tokens_in", resume, ndim=3, upper=NUM_IMAGE_TOKENS,
+                                 shape=(per_prompt[0].num_samples, STAGE1_FRAMES, frame_len))
+        for prompt, p in zip(prompts, per_prompt, strict=True):
+            settings = p.pipeline_settings(self.tokenizer.boi_id)
+            if self._wants_super_resolution(p) and self.dsr_model is None:
+                raise ValueError("super-resolution needs the cogview2-dsr checkpoint: Engine.from_pretrained(dsr=...)")
+            if not p.only_first_stage and self.stage2_model is None:
+                raise ValueError("no stage-2 model loaded: pass only_first_stage=True or a stage-2 checkpoint")
+            for name in ("top_k", "first_frame_top_k"):
+                if getattr(p, name) > self.sampler.num_clusters:
+                    raise ValueError(f"{name} ({getattr(p, name)} clusters) exceeds the sampler's "
+                                     f"{self.sampler.num_clusters} clusters")
+            check_prompt(self.tokenizer, prompt, settings, stage1=self.stage1_model if resume is None else None,
+                         stage2=None if p.only_first_stage else self.stage2_model)
+            if self._wants_super_resolution(p):
+                self.dsr_model.config.check_prompt_len(len(self.tokenizer.encode(prompt)))
+        return prompts, per_prompt
+
+    def _wants_super_resolution(self, p: SamplingParams) -> bool:
+        return self.super_resolution_default if p.super_resolution is None else p.super_resolution
+
     def _generate_one(self, prompt, p: SamplingParams, resume, progress, cancel) -> list[VideoOutput]:
         settings = p.pipeline_settings(self.tokenizer.boi_id)
-        want_sr = self.super_resolution_default if p.super_resolution is None else p.super_resolution
-        if want_sr and self.dsr_model is None:
-            raise ValueError("super-resolution needs the cogview2-dsr checkpoint: Engine.from_pretrained(dsr=...)")
-        if not p.only_first_stage and self.stage2_model is None:
-            raise ValueError("no stage-2 model loaded: pass only_first_stage=True or a stage-2 checkpoint")
+        want_sr = self._wants_super_resolution(p)
         timings: dict[str, float] = {}
         step_times: dict[str, list[float]] = {}
 

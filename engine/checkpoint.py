@@ -76,7 +76,7 @@ def safe_torch_load(path: str | os.PathLike) -> dict:
     except pickle.UnpicklingError as e:
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # legacy, non-zip files cannot be inspected
+        except Exception:  # noqa: BLE001  (legacy, non-zip files cannot be inspected)
             unsafe = []
         names = ", ".join(unsafe) if unsafe else "globals outside the weights-only allow-list"
         raise CheckpointError(

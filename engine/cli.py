@@ -30,10 +30,11 @@ def _progress_printer(every: int):
 
 
 def cmd_score(args) -> int:
+    from cogvideo_engine.kernels.rules import Pass
+
     from .checkpoint import load_model
     from .default_model import default_model_path
     from .scoring import teacher_forced_logits
-    from cogvideo_engine.kernels.rules import Pass
 
     pass_ = Pass.parse(args.stage)
     path = args.model or default_model_path(pass_.model_stage)
@@ -76,8 +77,11 @@ def cmd_generate(args) -> int:
 
     if not args.prompt and not args.prompt_file:
         raise ValueError("give a prompt or --prompt-file")
-    prompts = [args.prompt] if args.prompt else [
-        line.strip() for line in open(args.prompt_file, encoding="utf-8") if line.strip()]
+    if args.prompt:
+        prompts = [args.prompt]
+    else:
+        with open(args.prompt_file, encoding="utf-8") as f:
+            prompts = [line.strip() for line in f if line.strip()]
     kwargs = dict(device=args.device, dtype=DTYPES[args.dtype],
                   decoder_dtype=DTYPES[args.decoder_dtype] if args.decoder_dtype else None, offload=args.offload,
                   backend=None if args.backend == "auto" else args.backend, dsr=args.dsr)

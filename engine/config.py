@@ -80,13 +80,13 @@ class ModelConfig(BackboneShape):
     # -- SwissArmyTransformer model_config.json --------------------------------------------------------
 
     @classmethod
-    def from_sat_json(cls, cfg: dict[str, Any]) -> "ModelConfig":
+    def from_sat_json(cls, cfg: dict[str, Any]) -> ModelConfig:
         """Build from a SwissArmyTransformer ``model_config.json`` (its keys override the defaults)."""
         layout = cfg.get("layout", [64, 464, 2064])
         if isinstance(layout, str):
             layout = [int(x) for x in layout.split(",")]
         frame_len = layout[1] - layout[0]
-        grid = int(round(frame_len ** 0.5))
+        grid = round(frame_len ** 0.5)
         if grid * grid != frame_len or (layout[2] - layout[0]) % frame_len:
             raise ValueError(f"layout {layout} does not describe square frames of equal size")
         geometry = FrameGeometry(grid=grid, num_slots=(layout[2] - layout[0]) // frame_len,
@@ -154,7 +154,7 @@ class ModelConfig(BackboneShape):
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         d = dict(d)
         geometry = dict(d.pop("geometry", {}))
         if "stage2_temporal_order" in geometry:

@@ -34,10 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cogvideo_engine.kernels.local_rules import DSR_GEOMETRY, LocalGeometry
-from cogvideo_engine.kernels.reference import dense_attention
+from cogvideo_engine.kernels.reference import compute_dtype, dense_attention
 from cogvideo_engine.kernels.registry import get_local_backend
 
-from .checkpoint import CheckpointError, SAT_CONFIG, check_state_dict, read_sat_state_dict, sat_checkpoint_file
+from .checkpoint import SAT_CONFIG, CheckpointError, check_state_dict, read_sat_state_dict, sat_checkpoint_file
 from .config import MODEL_CLASSES, NUM_IMAGE_TOKENS, BackboneShape
 from .model import AttentionPlus, Backbone, ExtraPositions, init_random_weights, merge_heads
 
@@ -72,13 +72,22 @@ class DsrConfig(BackboneShape):
         """Rows of the extra position table: one per high-resolution cell (3600)."""
         return self.local.num_queries
 
+    def check_prompt_len(self, num_tokens: int) -> None:
+        """``ValueError`` unless a prompt of ``num_tokens`` fits the text positions (1..``text_len - 1``; the
+        original asserts at least one pad)."""
+        if num_tokens < 1:
+            raise ValueError("super-resolution needs a non-empty prompt for every frame")
+        if num_tokens >= self.text_len:
+            raise ValueError(f"prompt of {num_tokens} tokens is too long for super-resolution: the model's "
+                             f"layout holds at most {self.text_len - 1}")
+
     def num_parameters(self) -> int:
         h, f, n = self.hidden_size, self.ffn_hidden_size, self.num_layers
         layer = 4 * 2 * h + 2 * (3 * h * h + 3 * h) + 2 * (h * h + h) + (f * h + f) + (h * f + h)
         return n * layer + (self.vocab_size + self.max_sequence_length + self.additional_seqlen) * h + 2 * h
 
     @classmethod
-    def from_sat_json(cls, raw: dict[str, Any]) -> "DsrConfig":
+    def from_sat_json(cls, raw: dict[str, Any]) -> DsrConfig:
         """Backbone keys of a ``model_config.json``; the engine's own small test models add
         ``engine_local_geometry`` and ``engine_text_len``."""
         head_dim, hidden = raw.get("hidden_size_per_attention_head"), raw.get("hidden_size", 3072)
@@ -141,11 +150,8 @@ class DsrModel(nn.Module):
         """
         c, dev = self.config, low_tokens.device
         lengths = [len(t) for t in text_ids]
-        if min(lengths) < 1:
-            raise ValueError("super-resolution needs a non-empty prompt for every frame")
-        if max(lengths) >= c.text_len:
-            raise ValueError(f"prompt of {max(lengths)} tokens is too long for super-resolution: the model's "
-                             f"layout holds at most {c.text_len - 1}")
+        c.check_prompt_len(min(lengths))
+        c.check_prompt_len(max(lengths))
         width, m = max(lengths), c.local.num_low
         ids = torch.zeros(len(text_ids), width, dtype=torch.long)
         pos = torch.zeros(len(text_ids), width, dtype=torch.long)
@@ -201,8 +207,10 @@ class DsrModel(nn.Module):
 
     @torch.no_grad()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """fp32 logits over the image tokens from the tied ``word_embeddings[:20000]``."""
-        return F.linear(hidden.float(), self.transformer.word_embeddings.weight[:NUM_IMAGE_TOKENS].float())
+        """fp32 (fp64 for an fp64 model) logits over the image tokens from the tied ``word_embeddings[:20000]``."""
+        weight = self.transformer.word_embeddings.weight[:NUM_IMAGE_TOKENS]
+        dtype = compute_dtype(weight.dtype)
+        return F.linear(hidden.to(dtype), weight.to(dtype))
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------------
@@ -251,5 +259,13 @@ def random_dsr_model(config: DsrConfig, seed: int) -> DsrModel:
     return init_random_weights(DsrModel(config), seed=seed).eval().requires_grad_(False)
 
 
-__all__ = ["DSR_MODEL_CLASS", "DsrConfig", "DsrModel", "LOW_POSITION_START", "load_dsr_model", "random_dsr_model",
-           "read_dsr_config", "tiny_dsr_config"]
+__all__ = [
+    "DSR_MODEL_CLASS",
+    "LOW_POSITION_START",
+    "DsrConfig",
+    "DsrModel",
+    "load_dsr_model",
+    "random_dsr_model",
+    "read_dsr_config",
+    "tiny_dsr_config",
+]

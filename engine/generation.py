@@ -9,16 +9,19 @@ sequential schedule produce the same tokens from the same logits.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
 from cogvideo_engine.kernels.rules import DEFAULT_BOI_ID, Pass
 
 from .model import CogVideoModel
+from .checks import require_callable, require_choice, require_int, require_real, require_token_tensor
+from .config import NUM_IMAGE_TOKENS
 from .runner import ModelRunner, layouts_for
 from .sampler import ClusterSampler, PassSampling
+from .scheduler import SCHEDULES
 from .scheduler import schedule as make_schedule
 
 ProgressFn = Callable[[int, int], None]
@@ -52,17 +55,36 @@ def generate_pass(model: CogVideoModel, stage: Pass | str, text_ids: torch.Tenso
     token's key appends ``(slot, block position)``. With ``guider_text_ids [B, guider_text_len]`` the guider
     rows (own text length; prefill with ``text_bias``, steps with 0, as the reference) run in the same
     forward as the main rows and are combined as ``guider + (cond - guider) * guidance_alpha``.
-    ``runner`` (optional) reuses a :class:`ModelRunner` and its fused weights across calls.
+    ``runner`` (optional) reuses a :class:`ModelRunner` and its fused weights across calls. Every argument is
+    checked before any compute (``TypeError`` / ``ValueError`` naming the constraint).
     """
     pass_ = model.config.check_pass(stage)
+    vocab, frame_len = model.config.vocab_size, model.config.geometry.frame_len
+    require_token_tensor("text_ids", text_ids, ndim=2, upper=vocab)
     batch = text_ids.shape[0]
-    if len(row_keys) != batch:
-        raise ValueError(f"{batch} rows but {len(row_keys)} row keys")
-    frame_len = model.config.geometry.frame_len
+    if batch < 1:
+        raise ValueError("text_ids has no rows")
     if given_frames is None:
         given_frames = torch.zeros(batch, 0, frame_len, dtype=torch.long)
-    if given_frames.shape[1] != pass_.num_given:
-        raise ValueError(f"pass {pass_.value!r} takes {pass_.num_given} given frames, got {given_frames.shape[1]}")
+    require_token_tensor("given_frames", given_frames, ndim=3, upper=NUM_IMAGE_TOKENS,
+                         shape=(batch, pass_.num_given, frame_len))
+    require_int("num_targets", num_targets, minimum=1, maximum=pass_.max_targets)
+    if not isinstance(params, PassSampling):
+        raise TypeError(f"params must be a PassSampling, got {type(params).__name__}")
+    if params.top_k > sampler.num_clusters:
+        raise ValueError(f"top_k ({params.top_k} clusters) exceeds the sampler's {sampler.num_clusters} clusters")
+    if len(row_keys) != batch:
+        raise ValueError(f"{batch} rows but {len(row_keys)} row keys")
+    for key in row_keys:
+        for part in key:
+            require_int("a row key's part", part)
+    text_bias = require_real("text_bias", text_bias)
+    guidance_alpha = require_real("guidance_alpha", guidance_alpha)
+    if guider_text_ids is not None:
+        require_token_tensor("guider_text_ids", guider_text_ids, ndim=2, upper=vocab, shape=(batch, None))
+    require_choice("schedule", schedule, SCHEDULES)
+    require_int("boi_id", boi_id, minimum=0, maximum=vocab - 1)
+    require_callable("progress", progress)
     runner = runner or ModelRunner(model, backend)
     guided = guider_text_ids is not None
     texts = list(text_ids) + (list(guider_text_ids) if guided else [])
@@ -79,7 +101,7 @@ def generate_pass(model: CogVideoModel, stage: Pass | str, text_ids: torch.Tenso
     plan = make_schedule(layout, model.config.num_layers, schedule)
     tokens = torch.full((batch, num_targets, frame_len), -1, dtype=torch.long)
     inputs = torch.full((batch, num_targets, frame_len), boi_id, dtype=torch.long)  # p >= 1: token p - 1
-    recorded = torch.zeros(batch, num_targets * frame_len, 20000) if record_logits else None
+    recorded = torch.zeros(batch, num_targets * frame_len, NUM_IMAGE_TOKENS) if record_logits else None
     step_fn = runner.stepper(cache)  # CUDA-graph replays on CUDA
     start = time.perf_counter()
     forward = 0.0

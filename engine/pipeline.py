@@ -25,12 +25,17 @@ import torch
 
 from cogvideo_engine.kernels.rules import DEFAULT_BOI_ID, Pass
 
+from .checks import require_bool, require_choice, require_int, require_real, require_token_tensor
+from .config import NUM_IMAGE_TOKENS
 from .generation import generate_pass
 from .model import CogVideoModel
 from .runner import ModelRunner
 from .sampler import FIRST_FRAME_SAMPLING, VIDEO_SAMPLING, ClusterSampler, PassSampling
+from .scheduler import SCHEDULES
 
 STAGE2_DURATIONS = (2.0, 1.0, 0.5)
+STAGE1_FRAMES = 1 + Pass.STAGE1.max_targets
+"""Frames stage 1 writes: the first frame, then frames 1-4."""
 
 
 class TextEncoder(Protocol):
@@ -41,7 +46,7 @@ class TextEncoder(Protocol):
 
 @dataclass(frozen=True)
 class PipelineSettings:
-    """The shipped defaults (scripts/inference_cogvideo_pipeline.sh)."""
+    """The shipped defaults (scripts/inference_cogvideo_pipeline.sh); checked when made."""
 
     first_frame: PassSampling = FIRST_FRAME_SAMPLING
     video: PassSampling = VIDEO_SAMPLING
@@ -53,6 +58,18 @@ class PipelineSettings:
     schedule: str = "wavefront"
     boi_id: int = DEFAULT_BOI_ID
 
+    def __post_init__(self):
+        for name in ("first_frame", "video"):
+            if not isinstance(getattr(self, name), PassSampling):
+                raise TypeError(f"{name} must be a PassSampling, got {type(getattr(self, name)).__name__}")
+        require_bool("use_guidance_stage1", self.use_guidance_stage1)
+        require_real("guidance_alpha", self.guidance_alpha)
+        require_real("text_bias", self.text_bias)
+        require_real("stage1_duration", self.stage1_duration, positive=True)
+        require_int("max_batch", self.max_batch, minimum=1)
+        require_choice("schedule", self.schedule, SCHEDULES)
+        require_int("boi_id", self.boi_id, minimum=0)
+
 
 def _ids(values: list[int]) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.long)
@@ -63,18 +80,51 @@ def video_text(encoder: TextEncoder, duration: float, text: str) -> list[int]:
     return encoder.encode(f"{float(duration)}秒") + [encoder.newline_id] + encoder.encode(text)
 
 
+def stage1_texts(encoder: TextEncoder, prompt: str, settings: PipelineSettings,
+                 ) -> tuple[list[int], list[int], list[int] | None]:
+    """The stage-1 texts of a prompt: (first frame, frames 1-4, their guider -- None without guidance)."""
+    guided, duration = settings.use_guidance_stage1, settings.stage1_duration
+    first = encoder.encode(prompt + " 高清摄影")
+    main = video_text(encoder, duration, prompt + " 视频" if guided else prompt)
+    return first, main, video_text(encoder, duration, "视频") if guided else None
+
+
+def check_prompt(encoder: TextEncoder, prompt: str, settings: PipelineSettings, *,
+                 stage1: CogVideoModel | None = None, stage2: CogVideoModel | None = None,
+                 durations: tuple[float, ...] = STAGE2_DURATIONS) -> None:
+    """``ValueError`` if a text the prompt forms is too long for its pass on the given models (the video passes
+    hold 74 text tokens): the check :meth:`Engine.generate` makes before any compute."""
+    texts = []
+    if stage1 is not None:
+        first, main, guider = stage1_texts(encoder, prompt, settings)
+        texts += [(stage1, Pass.FIRST_FRAME, first), (stage1, Pass.STAGE1, main)]
+        texts += [(stage1, Pass.STAGE1, guider)] if guider is not None else []
+    if stage2 is not None:
+        texts += [(stage2, Pass.STAGE2, video_text(encoder, d, prompt)) for d in durations]
+    for model, pass_, ids in texts:
+        try:
+            model.config.layout(pass_, len(ids), pass_.max_targets)
+        except ValueError as e:
+            raise ValueError(f"prompt {_shorten(prompt)!r} is too long: {e}") from None
+
+
+def _shorten(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def stage1_tokens(model: CogVideoModel, encoder: TextEncoder, prompt: str, num_samples: int, seed: int,
                   sampler: ClusterSampler, settings: PipelineSettings = PipelineSettings(), *,
                   backend: str | None = None, progress=None) -> torch.Tensor:
     """``LongTensor[num_samples, 5, frame_len]``: the first frame (CogView2 path) then frames 1-4."""
+    require_int("num_samples", num_samples, minimum=1)
+    check_prompt(encoder, prompt, settings, stage1=model)
     runner = ModelRunner(model, backend)
-    first_text = _ids(encoder.encode(prompt + " 高清摄影")).expand(num_samples, -1)
+    first_ids, main, guider = stage1_texts(encoder, prompt, settings)
+    first_text = _ids(first_ids).expand(num_samples, -1)
     first = generate_pass(model, Pass.FIRST_FRAME, first_text, None, 1, sampler, settings.first_frame,
                           [(seed, s, 0, 0, 0) for s in range(num_samples)], text_bias=settings.text_bias,
                           schedule=settings.schedule, boi_id=settings.boi_id, runner=runner, progress=progress)
     guided = settings.use_guidance_stage1
-    main = video_text(encoder, settings.stage1_duration, prompt + " 视频" if guided else prompt)
-    guider = video_text(encoder, settings.stage1_duration, "视频") if guided else None
     frames = generate_pass(
         model, Pass.STAGE1, _ids(main).expand(num_samples, -1), first.tokens, 4, sampler, settings.video,
         [(seed, s, 1, 0, 0) for s in range(num_samples)], text_bias=0.0 if guided else settings.text_bias,
@@ -108,13 +158,17 @@ def stage2_tokens(model: CogVideoModel, encoder: TextEncoder, prompt: str, frame
 
     Windows x samples are batched in chunks of ``settings.max_batch``; no guidance, text bias 1.4.
     """
+    frame_len = model.config.geometry.frame_len
+    require_token_tensor("frames", frames, ndim=3, upper=NUM_IMAGE_TOKENS, shape=(None, None, frame_len))
+    interpolation_windows(frames.shape[1])  # an odd number >= 3
+    check_prompt(encoder, prompt, settings, stage2=model, durations=durations)
     runner = ModelRunner(model, backend)
     samples = frames.shape[0]
     for round_id, duration in enumerate(durations):
         windows = interpolation_windows(frames.shape[1])
         text = _ids(video_text(encoder, duration, prompt))
         jobs = [(s, w) for s in range(samples) for w in range(len(windows))]
-        generated = torch.empty(samples, len(windows), 2, frames.shape[2], dtype=torch.long)
+        generated = torch.full((samples, len(windows), 2, frames.shape[2]), -1, dtype=torch.long)
         for start in range(0, len(jobs), settings.max_batch):
             chunk = jobs[start:start + settings.max_batch]
             given = torch.stack([frames[s, list(windows[w])] for s, w in chunk])

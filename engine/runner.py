@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from cogvideo_engine.kernels.layout import AttentionRule
+from cogvideo_engine.kernels.reference import compute_dtype
 from cogvideo_engine.kernels.registry import default_backend, get_backend
 from cogvideo_engine.kernels.rules import Pass, StreamLayout
 
 from .config import NUM_IMAGE_TOKENS, ModelConfig
 from .model import CogVideoModel, gelu_tanh
-
 
 SMALL_ROWS = 8
 GRAPH_SAFE_BACKENDS = ("triton", "cuda")  # backends with no host synchronisation inside (CUDA-graph capturable)
@@ -123,23 +123,24 @@ class ModelRunner:
         self.attend = backend if callable(backend) else get_backend(backend, self.device)
         plus = model.mixins["attention_plus"]
         self.layers = []
+        wide = compute_dtype(p.dtype)  # alpha folding and the logits head: fp32 (fp64 for an fp64 model)
         with torch.no_grad():
             for i, layer in enumerate(model.transformer.layers):
-                alpha = torch.sigmoid(plus.attn_distribution[i].float())
+                alpha = torch.sigmoid(plus.attn_distribution[i].to(wide))
                 base_w, base_b = layer.attention.dense.weight, layer.attention.dense.bias
                 plus_w, plus_b = plus.dense[i].weight, plus.dense[i].bias
                 self.layers.append(_LayerWeights(
                     qkv_w=torch.cat([layer.attention.query_key_value.weight, plus.query_key_value[i].weight]),
                     qkv_b=torch.cat([layer.attention.query_key_value.bias, plus.query_key_value[i].bias]),
                     base_out_w=base_w, base_out_b=base_b,
-                    mixed_out_w=torch.cat([alpha[:, None] * base_w.float(), (1 - alpha)[:, None] * plus_w.float()],
+                    mixed_out_w=torch.cat([alpha[:, None] * base_w.to(wide), (1 - alpha)[:, None] * plus_w.to(wide)],
                                           dim=1).to(p.dtype),
-                    mixed_out_b=(alpha * base_b.float() + (1 - alpha) * plus_b.float()).to(p.dtype)))
+                    mixed_out_b=(alpha * base_b.to(wide) + (1 - alpha) * plus_b.to(wide)).to(p.dtype)))
         self.hidden = cfg.hidden_size
         self.heads = cfg.num_attention_heads
         self.head_dim = cfg.head_dim
-        # fp32 logits head (tied to the image-token embeddings), converted once instead of at every step
-        self.logits_head = model.transformer.word_embeddings.weight[:NUM_IMAGE_TOKENS].float()
+        # the wide logits head (tied to the image-token embeddings), converted once instead of at every step
+        self.logits_head = model.transformer.word_embeddings.weight[:NUM_IMAGE_TOKENS].to(wide)
         start = cfg.geometry.extra_table_start  # position id -> row of [base[:start] | extra]
         self.position_table = torch.cat([model.transformer.position_embeddings.weight[:start],
                                          model.mixins["extra_position_embedding"].position_embeddings.weight])
@@ -250,7 +251,7 @@ class ModelRunner:
                                                    layer.mlp.dense_4h_to_h.bias))
         if not want_logits:
             return None
-        return _linear(model.transformer.final_layernorm(x).float(), self.logits_head)
+        return _linear(model.transformer.final_layernorm(x).to(self.logits_head.dtype), self.logits_head)
 
 
 class DecodeGraphs:
@@ -274,7 +275,7 @@ class DecodeGraphs:
             try:
                 self.graphs[n] = self._capture(inputs)
             except RuntimeError as e:  # e.g. an op that synchronises: run eagerly from now on, and say so
-                warnings.warn(f"CUDA-graph capture of the decode step failed, running it eagerly: {e}")
+                warnings.warn(f"CUDA-graph capture of the decode step failed, running it eagerly: {e}", stacklevel=2)
                 self.graphs[n] = None
         if self.graphs[n] is None:
             return r._forward(cache, *inputs, True)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .checks import require_int, require_real
 from .config import NUM_IMAGE_TOKENS
 
 
@@ -29,10 +30,9 @@ class PassSampling:
     temperature2: float = 0.89
 
     def __post_init__(self):
-        if self.temperature <= 0 or self.temperature2 <= 0:
-            raise ValueError("temperatures must be positive")
-        if self.top_k < 1:
-            raise ValueError("top_k (clusters) must be >= 1")
+        require_real("temperature", self.temperature, positive=True)
+        require_real("temperature2", self.temperature2, positive=True)
+        require_int("top_k (clusters)", self.top_k, minimum=1)
 
 
 FIRST_FRAME_SAMPLING = PassSampling(temperature=1.0, top_k=16, temperature2=0.89)
@@ -117,7 +117,7 @@ class ClusterSampler:
         self.members[labels[order], slot] = order
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "ClusterSampler":
+    def from_file(cls, path: str | Path) -> ClusterSampler:
         """Load ``cluster_label2.npy`` (int64[20000], values 0..499) -- a model asset the user provides."""
         import numpy as np
 

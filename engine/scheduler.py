@@ -66,10 +66,13 @@ def sequential_schedule(layout: StreamLayout) -> list[list[int]]:
     return [[q] for q in range(layout.context_len, layout.length)]
 
 
+SCHEDULES = ("wavefront", "sequential")
+
+
 def schedule(layout: StreamLayout, num_layers: int, kind: str = "wavefront") -> list[list[int]]:
     """The decode schedule of a stream: ``"wavefront"`` (exact, fewer steps) or ``"sequential"``."""
     if kind == "wavefront":
         return wavefront_schedule(layout, num_layers)
     if kind == "sequential":
         return sequential_schedule(layout)
-    raise ValueError(f"unknown schedule {kind!r}: expected 'wavefront' or 'sequential'")
+    raise ValueError(f"unknown schedule {kind!r}: expected one of {', '.join(map(repr, SCHEDULES))}")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
+from cogvideo_engine.kernels.registry import get_backend
 from cogvideo_engine.kernels.rules import DEFAULT_BOI_ID, Pass, StreamLayout
 
+from .checks import require_callable, require_int, require_real
 from .config import NUM_IMAGE_TOKENS
 from .model import CogVideoModel
 
@@ -102,8 +104,13 @@ def teacher_forced_logits(model: CogVideoModel, stage: Pass | str, text_ids: tor
         ``text_bias`` and its steps use 0.
     progress: called as ``progress(steps_done, steps_total)`` after every cached step.
     backend: attention backend by name (``reference``, ``triton``, ...; None: the best available).
+
+    Every argument is checked before any compute (``TypeError`` / ``ValueError`` naming the constraint).
     """
     pass_ = model.config.check_pass(stage)
+    text_bias = require_real("text_bias", text_bias)
+    guidance_alpha = require_real("guidance_alpha", guidance_alpha)
+    require_callable("progress", progress)
     geometry = model.config.geometry
     vocab = model.config.vocab_size
     _check_ids("text_ids", text_ids, 2, vocab)
@@ -120,20 +127,24 @@ def teacher_forced_logits(model: CogVideoModel, stage: Pass | str, text_ids: tor
     if not 1 <= target_frames.shape[1] <= pass_.max_targets:
         raise ValueError(f"pass {pass_.value!r} scores 1..{pass_.max_targets} target frames, "
                          f"got {target_frames.shape[1]}")
+    require_int("boi_id", boi_id)
     if not 0 <= boi_id < vocab:
         raise ValueError(f"boi_id {boi_id} is outside the vocabulary (0..{vocab - 1})")
+    if guider_text_ids is not None:
+        _check_ids("guider_text_ids", guider_text_ids, 2, vocab, batch)
 
     device = model.transformer.word_embeddings.weight.device
+    get_backend(backend, device)  # an unknown or unavailable backend is refused here
     n_target = target_frames.shape[1]
     layout = model.config.layout(pass_, text_ids.shape[1], n_target)
+    g_layout = model.config.layout(pass_, guider_text_ids.shape[1], n_target) if guider_text_ids is not None \
+        else None
     ids = stream_input_ids(layout, text_ids, given_frames, target_frames, boi_id).to(device)
     total = (layout.length - layout.context_len) * (1 if guider_text_ids is None else 2)
     prefill, logits, done = _run_stream(model, layout, ids, text_bias, text_bias, progress, 0, total, backend)
     out = TeacherForcedOutput(prefill, logits, target_frames.reshape(batch, -1).to(device),
                               frame_len=geometry.frame_len)
-    if guider_text_ids is not None:
-        _check_ids("guider_text_ids", guider_text_ids, 2, vocab, batch)
-        g_layout = model.config.layout(pass_, guider_text_ids.shape[1], n_target)
+    if g_layout is not None:
         g_ids = stream_input_ids(g_layout, guider_text_ids, given_frames, target_frames, boi_id).to(device)
         out.guider_prefill_logits, out.guider_logits, _ = _run_stream(model, g_layout, g_ids, text_bias, 0.0,
                                                                       progress, done, total, backend)

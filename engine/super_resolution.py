@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .checks import require_int, require_token_tensor
+from .config import NUM_IMAGE_TOKENS
 from .dsr import DsrModel
 from .sampler import ClusterSampler, PassSampling, keyed_uniforms_last
 
@@ -37,7 +39,7 @@ class SuperResolution:
     @property
     def frame_seconds(self) -> list[float]:
         """Seconds per frame, one entry per frame (each frame gets its batch's time / batch size)."""
-        return [s / n for s, n in zip(self.batch_seconds, self.batch_frames) for _ in range(n)]
+        return [s / n for s, n in zip(self.batch_seconds, self.batch_frames, strict=True) for _ in range(n)]
 
 
 def bytes_per_frame(model: DsrModel) -> int:
@@ -73,6 +75,8 @@ def super_resolve(model: DsrModel, text_ids: list[list[int]], frames: torch.Tens
     text_ids: per frame the prompt ids; frame_keys: per frame its randomness key prefix (see the module
     docstring); progress: ``progress(done_frames, total_frames)`` after every batch.
     """
+    require_token_tensor("frames", frames, ndim=2, upper=NUM_IMAGE_TOKENS, shape=(None, model.config.local.num_low))
+    require_int("max_batch", max_batch, minimum=1)
     n = frames.shape[0]
     if len(text_ids) != n or len(frame_keys) != n:
         raise ValueError(f"{n} frames need {n} prompts and {n} keys, got {len(text_ids)} and {len(frame_keys)}")

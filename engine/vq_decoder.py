@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cogvideo_engine.kernels.reference import compute_dtype
+
 from .checkpoint import CheckpointError, check_state_dict, safe_torch_load
 
 IMAGE_STD = (0.30379, 0.32279, 0.32800)
@@ -127,12 +129,12 @@ class ImageDecoder(nn.Module):
     def decode(self, tokens: torch.Tensor, max_pixels: int = MAX_PIXELS_PER_BATCH) -> torch.Tensor:
         """``LongTensor[B, h, w]`` or ``[B, h * w]`` (square) -> ``FloatTensor[B, 3, 8h, 8w]``, de-normalised.
 
-        Runs in the decoder's dtype; the result is fp32. Frames go through the decoder in batches of at most
-        ``max_pixels`` output pixels (the activations are 128 channels at full resolution: 480x480 frames are
-        decoded 4 at a time by default, 160x160 ones 39 at a time).
+        Runs in the decoder's dtype; the result is fp32 (fp64 for an fp64 decoder). Frames go through the
+        decoder in batches of at most ``max_pixels`` output pixels (the activations are 128 channels at full
+        resolution: 480x480 frames are decoded 4 at a time by default, 160x160 ones 39 at a time).
         """
         if tokens.dim() == 2:
-            side = int(round(tokens.shape[1] ** 0.5))
+            side = round(tokens.shape[1] ** 0.5)
             if side * side != tokens.shape[1]:
                 raise ValueError(f"{tokens.shape[1]} tokens per frame is not a square grid; pass [B, h, w]")
             tokens = tokens.reshape(tokens.shape[0], side, side)
@@ -145,7 +147,7 @@ class ImageDecoder(nn.Module):
         outs = []
         for chunk in tokens.split(per_batch):
             z = F.embedding(chunk.to(weight.device), weight).permute(0, 3, 1, 2)
-            outs.append(self.decs["1"](z).float() * self.std + self.mean)
+            outs.append(self.decs["1"](z).to(compute_dtype(weight.dtype)) * self.std + self.mean)
         return torch.cat(outs) if outs else torch.empty(0, 3, 8 * tokens.shape[1], 8 * tokens.shape[2])
 
 
@@ -162,6 +164,6 @@ def load_image_decoder(path: str | os.PathLike, dtype: torch.dtype = torch.float
     check_state_dict(expected, state, str(path))
     decoder.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=True,
                             assign=True)
-    decoder.std = torch.tensor(IMAGE_STD, device=device).view(1, 3, 1, 1)
-    decoder.mean = torch.tensor(IMAGE_MEAN, device=device).view(1, 3, 1, 1)
+    decoder.std = torch.tensor(IMAGE_STD, dtype=compute_dtype(dtype), device=device).view(1, 3, 1, 1)
+    decoder.mean = torch.tensor(IMAGE_MEAN, dtype=compute_dtype(dtype), device=device).view(1, 3, 1, 1)
     return decoder.eval().requires_grad_(False)

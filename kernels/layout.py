@@ -54,7 +54,7 @@ class AttentionRule:
 
     @classmethod
     def for_layer(cls, pass_: Pass | str, channel: str, layer_id: int, geometry: FrameGeometry,
-                  text_capacity: int, stage1_windowed: bool = False) -> "AttentionRule":
+                  text_capacity: int, stage1_windowed: bool = False) -> AttentionRule:
         return cls(Pass.parse(pass_), channel, layer_id % 2, geometry, text_capacity, stage1_windowed)
 
     @property

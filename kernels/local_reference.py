@@ -1,4 +1,5 @@
-"""The ``reference`` backend of the super-resolution level-1 attention: a dense mask, one softmax, fp32.
+"""The ``reference`` backend of the super-resolution level-1 attention: a dense mask, one softmax, in fp32
+(fp64 for fp64 inputs).
 
 Every other backend of :func:`local_attention` is tested against this one.
 """
@@ -10,16 +11,18 @@ import math
 import torch
 
 from .local_rules import LocalGeometry, high_visible, low_visible
+from .reference import compute_dtype
 
 
-def local_additive(geometry: LocalGeometry, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``[N, N + M]`` fp32 additive mask over ``[high-res keys | low-res keys]``: 0 where visible, ``-inf``
+def local_additive(geometry: LocalGeometry, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``[N, N + M]`` additive mask over ``[high-res keys | low-res keys]``: 0 where visible, ``-inf``
     elsewhere (N = grid², M = low_grid²)."""
     q = torch.arange(geometry.num_queries, device=device)[:, None]
     high = high_visible(geometry, q, torch.arange(geometry.num_queries, device=device)[None, :])
     low = low_visible(geometry, q, torch.arange(geometry.num_low, device=device)[None, :])
     visible = torch.cat([high, low], dim=1)
-    return torch.zeros(visible.shape, device=device).masked_fill(~visible, float("-inf"))
+    return torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill(~visible, float("-inf"))
 
 
 def check_local_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_low: torch.Tensor,
@@ -48,17 +51,18 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_low: to
     q, k, v: ``[B, H, N, d]`` high-resolution queries, keys and values in raster order (N = grid²);
     k_low, v_low: ``[B, H, M, d]`` low-resolution keys and values (M = low_grid², the level-0 projection of
     the low-resolution tokens). Each query attends the :mod:`.local_rules` windows of both with one softmax
-    over ``(q / sqrt(d)) . k``. Returns ``[B, H, N, d]`` in ``q.dtype``. Queries are processed
-    ``query_chunk`` rows at a time to bound the dense score matrix.
+    over ``(q / sqrt(d)) . k``, computed in fp32 (fp64 for fp64 inputs). Returns ``[B, H, N, d]`` in
+    ``q.dtype``. Queries are processed ``query_chunk`` rows at a time to bound the dense score matrix.
     """
     check_local_inputs(q, k, v, k_low, v_low, geometry)
-    additive = local_additive(geometry, q.device)
-    keys = torch.cat([k, k_low], dim=2).float()
-    values = torch.cat([v, v_low], dim=2).float()
+    dtype = compute_dtype(q.dtype)
+    additive = local_additive(geometry, q.device, dtype)
+    keys = torch.cat([k, k_low], dim=2).to(dtype)
+    values = torch.cat([v, v_low], dim=2).to(dtype)
     scale = 1.0 / math.sqrt(q.shape[-1])
-    out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    out = torch.empty(q.shape, dtype=dtype, device=q.device)
     for start in range(0, q.shape[2], query_chunk):
         stop = start + query_chunk
-        scores = torch.matmul(q[:, :, start:stop].float() * scale, keys.transpose(-1, -2)) + additive[start:stop]
+        scores = torch.matmul(q[:, :, start:stop].to(dtype) * scale, keys.transpose(-1, -2)) + additive[start:stop]
         out[:, :, start:stop] = torch.matmul(torch.softmax(scores, dim=-1), values)
     return out.to(q.dtype)

@@ -11,7 +11,7 @@ low_grid, window_rows, window_cols, low_window) -> Tensor``: ``local_attention_t
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

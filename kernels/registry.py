@@ -14,8 +14,8 @@ names and the same preference: :func:`get_local_backend`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -84,7 +84,7 @@ class Pass(str, enum.Enum):
         return self is not Pass.FIRST_FRAME
 
     @classmethod
-    def parse(cls, value: "Pass | str") -> "Pass":
+    def parse(cls, value: Pass | str) -> Pass:
         try:
             return cls(value)
         except ValueError:

@@ -113,7 +113,7 @@ if triton is not None:
     def _online_softmax_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, kv_mask, visible, bias, sm_scale,
                              IEEE: tl.constexpr):
         k = tl.load(k_ptrs, mask=kv_mask[None, :], other=0.0)  # [D, N]
-        if IEEE:
+        if IEEE:  # noqa: SIM108  (a constexpr branch: Triton compiles only the taken side)
             s = tl.dot(q, k, input_precision="ieee")
         else:
             s = tl.dot(q, k)

@@ -6,8 +6,7 @@ from cogvideo_engine.kernels.layout import AttentionRule
 from cogvideo_engine.kernels.reference import window_attention
 from cogvideo_engine.kernels.rules import Pass, StreamLayout
 
-TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float16: dict(atol=2e-3, rtol=2e-3),
-       torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
+from numerics import assert_fp_close
 
 RULE_CASES = [(p, c, par) for p in Pass for c in ("spatial", "temporal") for par in (0, 1)
               if not (par == 1 and not (p is Pass.STAGE2 and c == "temporal"))]
@@ -46,8 +45,8 @@ def check(kernel, rule, q_index, text_len, text_bias, *, device, heads=2, d=16, 
           fill="randn", seed=0):
     """Run ``kernel`` and the reference twin on the same inputs and compare; returns the kernel's output.
 
-    fp32/fp16 use fixed tolerances. bf16 is held to the reference's own error: the bf16 result may differ
-    from the fp32 reference on the same (bf16-rounded) inputs by at most twice what the bf16 reference does.
+    Both are measured against the reference in float64 on the same (rounded) inputs: the kernel may err at most
+    twice what the reference errs in ``dtype``, plus a few ulps of the output's magnitude (:mod:`numerics`).
     """
     batch, n_q = q_index.shape
     k, v = make_cache(rule, text_len, batch, heads, d, dtype, device, fill, seed)
@@ -56,13 +55,17 @@ def check(kernel, rule, q_index, text_len, text_bias, *, device, heads=2, d=16, 
     meta = (q_index.to(device), torch.tensor(text_len, device=device), torch.tensor(text_bias, device=device))
     out = kernel(q, k, v, *meta, rule)
     assert out.shape == q.shape and out.dtype == q.dtype
-    if dtype == torch.bfloat16:
-        exact = window_attention(q.float(), k.float(), v.float(), *meta, rule)
-        own_error = (window_attention(q, k, v, *meta, rule).float() - exact).abs().max()
-        assert (out.float() - exact).abs().max() <= 2 * own_error + 1e-5
-    else:
-        torch.testing.assert_close(out.float(), window_attention(q, k, v, *meta, rule).float(), **TOL[dtype])
+    assert_matches_reference(out, (q, k, v, *meta), rule)
     return out
+
+
+def assert_matches_reference(out, args, rule):
+    """``out`` of a window kernel on ``args = (q, k, v, q_index, text_len, text_bias)`` against the reference
+    twin in float64 on the same inputs, with the bound of :mod:`numerics` (the reference's own error in
+    ``q.dtype`` and a few ulps of the output's magnitude)."""
+    q, k, v, *meta = args
+    exact = window_attention(q.double(), k.double(), v.double(), *meta, rule)
+    assert_fp_close(out, exact, window_attention(q, k, v, *meta, rule), what=f"{rule} {q.dtype}")
 
 
 def decode_queries(geometry_rule: AttentionRule, text_len):

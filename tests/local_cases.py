@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from cogvideo_engine.kernels.local_reference import local_attention
 from cogvideo_engine.kernels.local_rules import DSR_GEOMETRY, LocalGeometry
 
-from kernel_cases import TOL
+from numerics import assert_fp_close
 
 LOCAL_GEOMETRIES = [
     LocalGeometry(grid=6, low_grid=2),                  # every window clipped on every side; ratio 3
@@ -28,32 +28,36 @@ def make_inputs(geometry, *, batch=2, heads=2, d=16, dtype=torch.float32, device
         ts = [torch.randn(s, generator=gen) for s in shapes]
     else:  # arange: every entry distinct and ordered
         ts = [torch.arange(torch.Size(s).numel(), dtype=torch.float32).reshape(s) % m / m
-              for s, m in zip(shapes, (5, 7, 11, 13, 17))]
+              for s, m in zip(shapes, (5, 7, 11, 13, 17), strict=True)]
     return [t.to(device, dtype) for t in ts]
 
 
 def check_local(kernel, geometry, **kw):
     """Run ``kernel(q, k, v, k_low, v_low, geometry)`` and the reference twin on the same inputs; compare.
 
-    fp32/fp16 use fixed tolerances; bf16 is held to twice the bf16 reference's own error against fp32.
+    Both are measured against the reference in float64 on the same (rounded) inputs (:mod:`numerics`).
     """
     dtype = kw.get("dtype", torch.float32)
     inputs = make_inputs(geometry, **kw)
     out = kernel(*inputs, geometry)
     assert out.shape == inputs[0].shape and out.dtype == dtype
-    if dtype == torch.bfloat16:
-        exact = local_attention(*[t.float() for t in inputs], geometry)
-        own_error = (local_attention(*inputs, geometry).float() - exact).abs().max()
-        assert (out.float() - exact).abs().max() <= 2 * own_error + 1e-5
-    else:
-        torch.testing.assert_close(out.float(), local_attention(*inputs, geometry).float(), **TOL[dtype])
+    assert_local_matches_reference(out, inputs, geometry)
     return out
+
+
+def assert_local_matches_reference(out, inputs, geometry):
+    """``out`` of a local kernel on ``inputs = (q, k, v, k_low, v_low)`` against the reference twin in float64
+    on the same inputs, with the bound of :mod:`numerics`."""
+    exact = local_attention(*[t.double() for t in inputs], geometry)
+    assert_fp_close(out, exact, local_attention(*inputs, geometry), what=f"{geometry} {inputs[0].dtype}")
 
 
 def unfold_attention(q, k, v, k_low, v_low, g: LocalGeometry):
     """The original's formulation: per query, scores over a (kH x kW) patch of padded key grids, filled with
-    -10000 outside the frame, low-resolution patch first, one softmax, then weighting of the same patches."""
+    -10000 outside the frame, low-resolution patch first, one softmax, then weighting of the same patches.
+    Computed in fp32 (fp64 for fp64 inputs)."""
     b, h, n, d = q.shape
+    dtype = torch.promote_types(q.dtype, torch.float32)
     rh, rw, rl = g.window_rows // 2, g.window_cols // 2, g.low_window // 2
 
     def patches(x, grid, ph, pw):  # [B, H, grid*grid, d] -> [B, H, grid, grid, d] padded, with validity
@@ -61,11 +65,11 @@ def unfold_attention(q, k, v, k_low, v_low, g: LocalGeometry):
         valid = torch.ones(grid, grid)
         return F.pad(x, (0, 0, pw, pw, ph, ph)), F.pad(valid, (pw, pw, ph, ph))
 
-    kh, valid_h = patches(k.float(), g.grid, rh, rw)
-    vh, _ = patches(v.float(), g.grid, rh, rw)
-    kl, valid_l = patches(k_low.float(), g.low_grid, rl, rl)
-    vl, _ = patches(v_low.float(), g.low_grid, rl, rl)
-    out = torch.empty(b, h, n, d)
+    kh, valid_h = patches(k.to(dtype), g.grid, rh, rw)
+    vh, _ = patches(v.to(dtype), g.grid, rh, rw)
+    kl, valid_l = patches(k_low.to(dtype), g.low_grid, rl, rl)
+    vl, _ = patches(v_low.to(dtype), g.low_grid, rl, rl)
+    out = torch.empty(b, h, n, d, dtype=dtype)
     for r in range(g.grid):
         for c in range(g.grid):
             lr, lc = r // g.ratio, c // g.ratio
@@ -75,10 +79,11 @@ def unfold_attention(q, k, v, k_low, v_low, g: LocalGeometry):
                     vh[:, :, r:r + g.window_rows, c:c + g.window_cols].reshape(b, h, -1, d)]
             ok = torch.cat([valid_l[lr:lr + g.low_window, lc:lc + g.low_window].reshape(-1),
                             valid_h[r:r + g.window_rows, c:c + g.window_cols].reshape(-1)]).bool()
-            qi = q[:, :, r * g.grid + c].float() / math.sqrt(d)
+            qi = q[:, :, r * g.grid + c].to(dtype) / math.sqrt(d)
             scores = torch.einsum("bhd,bhkd->bhk", qi, torch.cat(keys, 2)).masked_fill(~ok, -10000.0)
             out[:, :, r * g.grid + c] = torch.einsum("bhk,bhkd->bhd", scores.softmax(-1), torch.cat(vals, 2))
     return out
 
 
-__all__ = ["DSR_GEOMETRY", "LOCAL_GEOMETRIES", "LOCAL_IDS", "check_local", "make_inputs", "unfold_attention"]
+__all__ = ["DSR_GEOMETRY", "LOCAL_GEOMETRIES", "LOCAL_IDS", "assert_local_matches_reference", "check_local",
+           "make_inputs", "unfold_attention"]

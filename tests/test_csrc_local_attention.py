@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from cogvideo_engine.kernels.csrc_ops import csrc_status, local_attention_csrc
-from cogvideo_engine.kernels.local_reference import local_attention
 from cogvideo_engine.kernels.local_rules import LocalGeometry
 
-from local_cases import DSR_GEOMETRY, LOCAL_GEOMETRIES, LOCAL_IDS, check_local, make_inputs
+from local_cases import (DSR_GEOMETRY, LOCAL_GEOMETRIES, LOCAL_IDS, assert_local_matches_reference, check_local,
+                         make_inputs)
 
 cpu_ok, cpu_why = csrc_status("cpu")
 pytestmark = pytest.mark.skipif(not cpu_ok, reason=f"cpu backend: {cpu_why}")
@@ -49,13 +49,12 @@ def test_cpu_strided_views():
     q, k, v = (qkv[:, :, i].permute(0, 2, 1, 3) for i in range(3))
     k_low, v_low = (kv_low[:, :, i].permute(0, 2, 1, 3) for i in range(2))
     assert not q.is_contiguous() and q.stride(-1) == 1
-    expected = local_attention(q, k, v, k_low, v_low, g)
-    torch.testing.assert_close(local_attention_csrc(q, k, v, k_low, v_low, g), expected, atol=1e-5, rtol=1e-5)
+    assert_local_matches_reference(local_attention_csrc(q, k, v, k_low, v_low, g), (q, k, v, k_low, v_low), g)
     q_t = q.contiguous().transpose(-1, -2).contiguous().transpose(-1, -2)  # same values, stride(-1) != 1
     assert q_t.stride(-1) != 1
     out = local_attention_csrc(q_t, k, v, k_low, v_low, g)
     assert out.is_contiguous()
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert_local_matches_reference(out, (q, k, v, k_low, v_low), g)
 
 
 def test_cpu_windows_wider_than_the_frame():
@@ -108,10 +107,9 @@ def test_cuda_strided_views_and_side_stream():
     kv_low = torch.randn(b, g.num_low, 2, h, d, device="cuda")
     q, k, v = (qkv[:, :, i].permute(0, 2, 1, 3) for i in range(3))
     k_low, v_low = (kv_low[:, :, i].permute(0, 2, 1, 3) for i in range(2))
-    expected = local_attention(q, k, v, k_low, v_low, g)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         out = local_attention_csrc(q, k, v, k_low, v_low, g)
     torch.cuda.current_stream().wait_stream(stream)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert_local_matches_reference(out, (q, k, v, k_low, v_low), g)

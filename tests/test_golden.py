@@ -13,13 +13,15 @@ import cogvideo_engine
 from cogvideo_engine.kernels.rules import StreamLayout
 from cogvideo_engine.scoring import stream_input_ids
 
+from numerics import assert_fp_close, max_error
+
 PASSES = {"stage1_first_frame": "stage1-first-frame", "stage1_frames_lt1.4": "stage1"}
-ATOL = 1e-3
+STATISTICS = ("prefill_sub", "prefill_lse", "prefill_logits_last", "step_sub", "step_lse", "full_logits")
 
 
-@functools.lru_cache(maxsize=None)
-def _model(golden_dir):
-    return cogvideo_engine.load_model(golden_dir / "cogvideo-stage1", dtype=torch.float32)
+@functools.cache
+def _model(golden_dir, dtype=torch.float32):
+    return cogvideo_engine.load_model(golden_dir / "cogvideo-stage1", dtype=dtype)
 
 
 def golden_inputs(z, num_given):
@@ -33,51 +35,70 @@ def golden_inputs(z, num_given):
     return seq[:, :text_len], given, targets
 
 
-@functools.lru_cache(maxsize=None)
-def _scored(golden_dir, name):
+def golden_statistics(z, prefill: torch.Tensor, steps: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The golden file's statistics of prefill logits ``[B, ctx, V]`` and step logits ``[B, T, V]``."""
+    sub = torch.from_numpy(z["subset"])
+    steps = steps.transpose(0, 1)  # golden step arrays are [T, B, ...]
+    return {"prefill_sub": prefill[..., sub], "prefill_lse": prefill.logsumexp(-1),
+            "prefill_logits_last": prefill[:, -1], "step_sub": steps[..., sub], "step_lse": steps.logsumexp(-1),
+            "full_logits": steps[torch.from_numpy(z["full_steps"]), 0]}
+
+
+@functools.cache
+def _scored(golden_dir, name, backend="reference"):
+    """(golden file, our fp32 statistics through the step path, the fp64 model's statistics, our fp32 logits)."""
     z = dict(np.load(golden_dir / f"{name}.npz"))
     pass_ = PASSES[name]
     text, given, targets = golden_inputs(z, 0 if pass_ == "stage1-first-frame" else 1)
-    out = cogvideo_engine.teacher_forced_logits(_model(golden_dir), pass_, text, given, targets,
-                                                text_bias=float(z["log_text_attention_weights"]),
-                                                boi_id=int(z["boi_id"]))
-    return z, out
+    bias, boi = float(z["log_text_attention_weights"]), int(z["boi_id"])
+    out = cogvideo_engine.teacher_forced_logits(_model(golden_dir), pass_, text, given, targets, text_bias=bias,
+                                                boi_id=boi, backend=backend)
+    layout = StreamLayout(pass_, text.shape[1], targets.shape[1])
+    given = given if given is not None else targets[:, :0]
+    exact = _model(golden_dir, torch.float64).forward_full(stream_input_ids(layout, text, given, targets, boi),
+                                                           layout, bias)
+    ctx = layout.context_len
+    return (z, golden_statistics(z, out.prefill_logits, out.logits),
+            golden_statistics(z, exact[:, :ctx], exact[:, ctx:]), out)
 
 
-def errors(golden_dir, name) -> dict[str, float]:
-    z, out = _scored(golden_dir, name)
-    sub = torch.from_numpy(z["subset"])
-    steps = out.logits.transpose(0, 1)  # golden step arrays are [T, B, ...]
+def check_against_golden(golden_dir, name, backend="reference"):
+    """The original code (golden, fp32) and the engine (fp32, on ``backend``) err alike against the engine's
+    fp64 model: each within twice the other's error (plus a few ulps of the logits' magnitude). That bounds
+    our fp32 result, and says our fp64 model computes the original's function."""
+    z, ours, exact, _ = _scored(golden_dir, name, backend)
+    for key in STATISTICS:
+        golden = torch.from_numpy(z[key])
+        assert_fp_close(golden, exact[key], ours[key], what=f"{name} {key}: the original")
+        assert_fp_close(ours[key], exact[key], golden, what=f"{name} {key}: the engine ({backend})")
+
+
+def errors(golden_dir, name, backend="reference") -> dict[str, float]:
+    """Max |ours - golden| per statistic, and the argmax agreement (printed by ``python tests/test_golden.py``)."""
+    z, ours, _, out = _scored(golden_dir, name, backend)
+    err = {key: max_error(ours[key], torch.from_numpy(z[key])) for key in STATISTICS}
     t = torch.from_numpy
-    return {
-        "prefill_sub": (out.prefill_logits[..., sub] - t(z["prefill_sub"])).abs().max().item(),
-        "prefill_lse": (out.prefill_logits.logsumexp(-1) - t(z["prefill_lse"])).abs().max().item(),
-        "prefill_logits_last": (out.prefill_logits[:, -1] - t(z["prefill_logits_last"])).abs().max().item(),
-        "step_sub": (steps[..., sub] - t(z["step_sub"])).abs().max().item(),
-        "step_lse": (steps.logsumexp(-1) - t(z["step_lse"])).abs().max().item(),
-        "full_logits": (steps[t(z["full_steps"]), 0] - t(z["full_logits"])).abs().max().item(),
-        "step_argmax_agreement": (steps.argmax(-1) == t(z["step_argmax"]).long()).float().mean().item(),
-        "prefill_argmax_agreement": (out.prefill_logits.argmax(-1) == t(z["prefill_argmax"]).long())
-        .float().mean().item(),
-    }
+    err["step_argmax_agreement"] = (out.logits.transpose(0, 1).argmax(-1) == t(z["step_argmax"]).long()) \
+        .float().mean().item()
+    err["prefill_argmax_agreement"] = (out.prefill_logits.argmax(-1) == t(z["prefill_argmax"]).long()) \
+        .float().mean().item()
+    return err
 
 
 @pytest.mark.golden
 @pytest.mark.parametrize("name", list(PASSES))
 def test_golden_logits(golden_dir, name):
+    check_against_golden(golden_dir, name)
     err = errors(golden_dir, name)
-    for key, value in err.items():
-        if key.endswith("agreement"):
-            assert value >= 0.999, (key, value)
-        else:
-            assert value <= ATOL, (key, value)
+    # the golden README: some steps have top-1/top-2 gaps of ~7e-5, so a correct fp32 engine may rarely flip one
+    assert err["step_argmax_agreement"] >= 0.999 and err["prefill_argmax_agreement"] >= 0.999, err
 
 
 @pytest.mark.golden
 @pytest.mark.parametrize("name", list(PASSES))
 def test_golden_feeding_matches_the_reference(golden_dir, name):
     """Same tokens at the same positions, step by step, as the original loop fed."""
-    z, _ = _scored(golden_dir, name)
+    z = _scored(golden_dir, name, "reference")[0]
     pass_ = PASSES[name]
     text, given, targets = golden_inputs(z, 0 if pass_ == "stage1-first-frame" else 1)
     layout = StreamLayout(pass_, int(z["text_len"]), targets.shape[1])
@@ -99,11 +120,14 @@ def test_golden_first_frame_dense_forward(golden_dir):
     ids = torch.from_numpy(z["nar_input_ids"])
     layout = StreamLayout("stage1-first-frame", int(z["text_len"]), 1)
     assert ids.shape[1] == layout.length
-    logits = _model(golden_dir).forward_full(ids, layout, float(z["log_text_attention_weights"]))
-    frame = logits[:, layout.text_len:]
+    bias = float(z["log_text_attention_weights"])
+    frame, exact = (_model(golden_dir, dtype).forward_full(ids, layout, bias)[:, layout.text_len:]
+                    for dtype in (torch.float32, torch.float64))
     sub = torch.from_numpy(z["subset"])
-    assert (frame[..., sub] - torch.from_numpy(z["nar_sub"])).abs().max() <= ATOL
-    assert (frame.logsumexp(-1) - torch.from_numpy(z["nar_lse"])).abs().max() <= ATOL
+    for key, stat in (("nar_sub", lambda x: x[..., sub]), ("nar_lse", lambda x: x.logsumexp(-1))):
+        golden = torch.from_numpy(z[key])
+        assert_fp_close(golden, stat(exact), stat(frame), what=f"{key}: the original")
+        assert_fp_close(stat(frame), stat(exact), golden, what=f"{key}: the engine")
 
 
 if __name__ == "__main__":

@@ -7,13 +7,16 @@ from cogvideo_engine.kernels.local_reference import local_additive, local_attent
 from cogvideo_engine.kernels.local_rules import DSR_GEOMETRY, LocalGeometry, visible_count
 
 from local_cases import LOCAL_GEOMETRIES, LOCAL_IDS, make_inputs, unfold_attention
+from numerics import assert_fp_close
 
 
 @pytest.mark.parametrize("geometry", LOCAL_GEOMETRIES, ids=LOCAL_IDS)
 def test_reference_matches_unfold_formulation(geometry):
+    """Both formulations in fp32 and in fp64, against the unfold one in fp64."""
     inputs = make_inputs(geometry, d=8)
-    torch.testing.assert_close(local_attention(*inputs, geometry, query_chunk=7),
-                               unfold_attention(*inputs, geometry), atol=1e-5, rtol=1e-5)
+    exact = unfold_attention(*[t.double() for t in inputs], geometry)
+    assert_fp_close(local_attention(*[t.double() for t in inputs], geometry, query_chunk=7), exact)
+    assert_fp_close(local_attention(*inputs, geometry, query_chunk=7), exact, unfold_attention(*inputs, geometry))
 
 
 def test_released_window_counts():
@@ -31,7 +34,7 @@ def test_low_window_is_centred_on_the_low_resolution_cell():
     g = DSR_GEOMETRY
     row = local_additive(g)[3 * 60 + 3][3600:].reshape(20, 20)  # query (3, 3) -> low cell (1, 1)
     seen = torch.isfinite(row).nonzero().tolist()
-    assert seen == [[r, c] for r in range(0, 4) for c in range(0, 4)]
+    assert seen == [[r, c] for r in range(4) for c in range(4)]
 
 
 @pytest.mark.parametrize("bad, match", [

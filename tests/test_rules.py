@@ -40,7 +40,7 @@ def cyclic_window_of(g: FrameGeometry, shift: int) -> dict[int, int]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dense(layout, channel, layer):
     idx = torch.arange(layout.length)
     m = spatial_mask(layout, idx, idx) if channel == "spatial" else temporal_mask(layout, idx, idx, layer)

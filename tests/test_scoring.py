@@ -8,6 +8,7 @@ from cogvideo_engine.kernels.rules import Pass, StreamLayout
 from cogvideo_engine.scoring import stream_input_ids
 
 from conftest import SMALL_BOI, SMALL_GEOMETRY, small_model
+from numerics import assert_fp_close, float64_copy
 
 FRAME = SMALL_GEOMETRY.frame_len
 
@@ -37,12 +38,14 @@ def test_scoring_equals_the_dense_forward(pass_):
     text, given, target = clip(pass_)
     out = teacher_forced_logits(model, pass_, text, given, target, text_bias=1.4, boi_id=SMALL_BOI)
     layout = StreamLayout(pass_, text.shape[1], target.shape[1], SMALL_GEOMETRY)
-    full = model.forward_full(stream_input_ids(layout, text, given, target, SMALL_BOI), layout, 1.4)
+    ids = stream_input_ids(layout, text, given, target, SMALL_BOI)
+    full = model.forward_full(ids, layout, 1.4)
+    exact = float64_copy(model).forward_full(ids, layout, 1.4)
     ctx = layout.context_len
     assert out.prefill_logits.shape == (2, ctx, 20000)
     assert out.logits.shape == (2, FRAME * target.shape[1], 20000)
-    torch.testing.assert_close(out.prefill_logits, full[:, :ctx], atol=2e-4, rtol=1e-4)
-    torch.testing.assert_close(out.logits, full[:, ctx:], atol=2e-4, rtol=1e-4)
+    assert_fp_close(out.prefill_logits, exact[:, :ctx], full[:, :ctx], what="prefill")
+    assert_fp_close(out.logits, exact[:, ctx:], full[:, ctx:], what="steps")
     lp = out.target_log_probs()
     assert lp.shape == (2, FRAME * target.shape[1]) and (lp <= 0).all()
     assert out.frame_nll().shape == (2, target.shape[1])
@@ -59,13 +62,18 @@ def test_guidance_uses_its_own_stream_and_the_reference_bias_quirk():
     assert progress[-1] == (2 * FRAME, 2 * FRAME) and len(progress) == 2 * FRAME
     layout = StreamLayout("stage1", 2, 1, SMALL_GEOMETRY)
     ids = stream_input_ids(layout, guider_text, given, target, SMALL_BOI)
-    cache = model.new_cache(layout, 2)
-    prefill = model.extend(cache, ids[:, :layout.context_len], range(layout.context_len), 1.4)  # prefill: lt
-    steps = torch.cat([model.extend(cache, ids[:, i:i + 1], [i], 0.0)  # steps: lt = 0, as the reference
-                       for i in range(layout.context_len, layout.length)], 1)
-    torch.testing.assert_close(out.guider_prefill_logits, prefill)
-    torch.testing.assert_close(out.guider_logits, steps)
-    torch.testing.assert_close(out.guided_logits, steps + (out.logits - steps) * 3.0)
+
+    def guider(m):  # the guider stream by hand: prefill with lt = 1.4, steps with lt = 0, as the reference
+        cache = m.new_cache(layout, 2)
+        prefill = m.extend(cache, ids[:, :layout.context_len], range(layout.context_len), 1.4)
+        steps = torch.cat([m.extend(cache, ids[:, i:i + 1], [i], 0.0)
+                           for i in range(layout.context_len, layout.length)], 1)
+        return prefill, steps
+
+    (prefill, steps), (exact_prefill, exact_steps) = guider(model), guider(float64_copy(model))
+    assert_fp_close(out.guider_prefill_logits, exact_prefill, prefill, what="guider prefill")
+    assert_fp_close(out.guider_logits, exact_steps, steps, what="guider steps")
+    assert torch.equal(out.guided_logits, out.guider_logits + (out.logits - out.guider_logits) * 3.0)
     assert out.target_log_probs(guided=True).shape == (2, FRAME)
 
 
@@ -83,9 +91,9 @@ def test_bad_inputs_are_named():
         call(given_frames=None)
     with pytest.raises(ValueError, match="must have 16 tokens"):
         call(target_frames=target[..., :10])
-    with pytest.raises(ValueError, match="scores 1..4 target frames, got 5"):
+    with pytest.raises(ValueError, match=r"scores 1\.\.4 target frames, got 5"):
         call(target_frames=target.repeat(1, 5, 1))
-    with pytest.raises(ValueError, match="outside 0..19999"):
+    with pytest.raises(ValueError, match=r"outside 0\.\.19999"):
         call(target_frames=target + 20000)
     with pytest.raises(TypeError, match="integer"):
         call(text_ids=text.float())

@@ -1,11 +1,10 @@
 """One-shot super-resolution sampling: keyed, batch-independent, with the shipped sampler settings."""
 
 import torch
+from test_dsr import BOI, SMALL_LOCAL, small_dsr
 
 from cogvideo_engine.sampler import ClusterSampler
 from cogvideo_engine.super_resolution import SR_SAMPLING, frames_per_batch, super_resolve
-
-from test_dsr import BOI, SMALL_LOCAL, small_dsr
 
 
 def _labels():

@@ -40,7 +40,7 @@ def test_segments_are_encoded_separately(model_file):
 
 
 def test_bad_model_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="ice_text.model"):
+    with pytest.raises(FileNotFoundError, match=r"ice_text\.model"):
         TextTokenizer(tmp_path / "missing.model")
     (tmp_path / "junk.model").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="not a sentencepiece model"):

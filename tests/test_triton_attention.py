@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from cogvideo_engine.kernels.layout import AttentionRule
-from cogvideo_engine.kernels.reference import window_attention
 from cogvideo_engine.kernels.rules import FrameGeometry, Pass, StreamLayout
 
 from conftest import SMALL_GEOMETRY
-from kernel_cases import RULE_CASES, RULE_IDS, TOL, all_positions, check, decode_queries, make_cache
+from kernel_cases import (RULE_CASES, RULE_IDS, all_positions, assert_matches_reference, check, decode_queries,
+                          make_cache)
 
 triton_attention = pytest.importorskip("cogvideo_engine.kernels.triton_attention", reason="triton not installed")
 if triton_attention.triton is None:
@@ -97,5 +97,4 @@ def test_gpu_tile_sizes_and_head_dims(d, block_m, block_n):
     k, v = make_cache(rule, [9], 1, 2, d, torch.float16, DEVICE)
     q = torch.randn(1, 2, q_index.shape[1], d, device=DEVICE, dtype=torch.float16)
     args = (q, k, v, q_index, torch.tensor([9], device=DEVICE), torch.tensor([1.4], device=DEVICE))
-    out = kernel(*args, rule, block_m=block_m, block_n=block_n)
-    torch.testing.assert_close(out.float(), window_attention(*args, rule).float(), **TOL[torch.float16])
+    assert_matches_reference(kernel(*args, rule, block_m=block_m, block_n=block_n), args, rule)

@@ -10,6 +10,8 @@ from cogvideo_engine import load_image_decoder
 from cogvideo_engine.checkpoint import CheckpointError
 from cogvideo_engine.vq_decoder import IMAGE_MEAN, IMAGE_STD, ImageDecoder
 
+from numerics import assert_fp_close
+
 
 def random_ice_image(path, seed=0):
     """An ice_image.pt-like file: 'module' with decs.1 + codebook (+ an encoder tensor the decoder ignores)."""
@@ -27,8 +29,9 @@ def random_ice_image(path, seed=0):
     return {k: v.half().float() for k, v in sd.items()}
 
 
-def functional_decode(sd, tokens):
-    """Straight from the state dict with torch.nn.functional, following icetk's Decoder.forward."""
+def functional_decode(sd, tokens, dtype=torch.float32):
+    """Straight from the state dict with torch.nn.functional, following icetk's Decoder.forward, in ``dtype``."""
+    sd = {k: v.to(dtype) for k, v in sd.items()}
     gn = lambda x, p: F.group_norm(x, 32, sd[p + ".weight"], sd[p + ".bias"], eps=1e-6)  # noqa: E731
     conv = lambda x, p, pad: F.conv2d(x, sd[p + ".weight"], sd[p + ".bias"], padding=pad)  # noqa: E731
     swish = lambda x: x * torch.sigmoid(x)  # noqa: E731
@@ -55,7 +58,8 @@ def functional_decode(sd, tokens):
         if level:
             h = conv(F.interpolate(h, scale_factor=2, mode="nearest"), f"{d}.up.{level}.upsample.conv", 1)
     h = conv(swish(gn(h, d + ".norm_out")), d + ".conv_out", 1)
-    return h * torch.tensor(IMAGE_STD).view(1, 3, 1, 1) + torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
+    std, mean = (torch.tensor(c, dtype=dtype).view(1, 3, 1, 1) for c in (IMAGE_STD, IMAGE_MEAN))
+    return h * std + mean
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +74,12 @@ def test_decoder_matches_the_functional_computation(ice_image):
     tokens = torch.randint(0, 20000, (2, 20, 20), generator=torch.Generator().manual_seed(1))
     out = decoder.decode(tokens)
     assert out.shape == (2, 3, 160, 160) and out.dtype == torch.float32
-    torch.testing.assert_close(out, functional_decode(sd, tokens), atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(decoder.decode(tokens.reshape(2, 400)), out)  # [B, 400] works too
-    torch.testing.assert_close(decoder.decode(tokens, max_pixels=1), out)  # one frame per decoder call
+    exact, reference = functional_decode(sd, tokens, torch.float64), functional_decode(sd, tokens)
+    assert_fp_close(out, exact, reference)
+    assert torch.equal(decoder.decode(tokens.reshape(2, 400)), out)  # [B, 400] works too: the same computation
+    assert_fp_close(decoder.decode(tokens, max_pixels=1), exact, reference)  # one frame per decoder call
+    exact_decoder = load_image_decoder(path, dtype=torch.float64)  # the decoder's own fp64 mode
+    assert_fp_close(exact_decoder.decode(tokens), exact, ulps=64)
 
 
 def test_decoder_parameter_count_matches_spec(ice_image):
@@ -84,11 +91,13 @@ def test_decoder_parameter_count_matches_spec(ice_image):
 
 def test_super_resolution_grid_and_dtypes(ice_image):
     tokens = torch.randint(0, 20000, (1, 60, 60), generator=torch.Generator().manual_seed(2))
-    path = ice_image[0]
+    path, sd = ice_image
     out32 = load_image_decoder(path).decode(tokens[:, :24, :24])
     assert out32.shape == (1, 3, 192, 192)
     low = load_image_decoder(path, dtype=torch.bfloat16).decode(tokens[:, :24, :24])
-    assert low.dtype == torch.float32 and (low - out32).abs().max() < 0.5
+    assert low.dtype == torch.float32
+    assert_fp_close(low, functional_decode(sd, tokens[:, :24, :24], torch.float64),
+                    functional_decode(sd, tokens[:, :24, :24], torch.bfloat16), dtype=torch.bfloat16)
     assert load_image_decoder(path).decode(tokens).shape == (1, 3, 480, 480)
 
 
@@ -96,7 +105,7 @@ def test_decoder_input_errors(ice_image, tmp_path):
     decoder = load_image_decoder(ice_image[0])
     with pytest.raises(ValueError, match="not a square"):
         decoder.decode(torch.zeros(1, 399, dtype=torch.long))
-    with pytest.raises(ValueError, match="0..19999"):
+    with pytest.raises(ValueError, match=r"0\.\.19999"):
         decoder.decode(torch.full((1, 4, 4), 20000))
     torch.save({"module": {"quantize.embed.weight": torch.zeros(20000, 256)}}, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="missing"):

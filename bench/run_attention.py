@@ -78,9 +78,10 @@ def gemm_row(env: dict, device: str, dtype: torch.dtype, reps: int) -> dict:
             "useful_tflops": 2 * n ** 3 / seconds / 1e12}
 
 
-def run(device: str, dtype: torch.dtype, reps: int, impls: list[str], case_names: list[str] | None) -> list[dict]:
+def run(rows: JsonRows, device: str, dtype: torch.dtype, reps: int, impls: list[str],
+        case_names: list[str] | None) -> JsonRows:
     env = environment(device)
-    rows = [gemm_row(env, device, dtype, reps)]
+    rows.append(gemm_row(env, device, dtype, reps))
     for case in CASES:
         if case_names and case.name not in case_names:
             continue
@@ -110,11 +111,33 @@ def run(device: str, dtype: torch.dtype, reps: int, impls: list[str], case_names
     return rows
 
 
-def write_rows(rows: list[dict], path: Path):
-    """The benchmark's JSON rows (bench/results/ by default)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=1))
-    print(f"wrote {len(rows)} rows to {path}")
+class JsonRows(list):
+    """A benchmark's JSON rows, written to ``path`` as they are measured: the file is rewritten (atomically)
+    after every row, so a run stopped by a timeout or a signal keeps every row it measured."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write()
+
+    def append(self, row: dict):
+        super().append(row)
+        self._write()
+        print(f"  row {len(self)}: {row.get('case', row.get('pass', row.get('bench')))} {row.get('impl', '')} "
+              f"{'skipped' if 'skipped' in row else 'measured'}", flush=True)
+
+    def extend(self, rows):
+        for row in rows:
+            self.append(row)
+
+    def _write(self):
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(list(self), indent=1))
+        tmp.replace(self.path)
+
+    def close(self):
+        print(f"wrote {len(self)} rows to {self.path}", flush=True)
 
 
 def print_table(rows: list[dict]):
@@ -143,10 +166,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device == "cuda" else torch.float32)
     reps = args.reps or (50 if args.device == "cuda" else 3)
-    rows = run(args.device, dtype, reps, args.impl or list(IMPLS), args.case)
-    print_table(rows)
-    write_rows(rows, args.out or Path(__file__).parent / "results" / (
+    rows = JsonRows(args.out or Path(__file__).parent / "results" / (
         f"attention-{args.device}-{datetime.date.today().isoformat()}.json"))
+    run(rows, args.device, dtype, reps, args.impl or list(IMPLS), args.case)
+    print_table(rows)
+    rows.close()
     return 0
 
 

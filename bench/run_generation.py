@@ -28,7 +28,7 @@ from cogvideo_engine.runner import ModelRunner, weight_bytes
 from cogvideo_engine.sampler import VIDEO_SAMPLING, ClusterSampler
 from cogvideo_engine.super_resolution import super_resolve
 
-from run_attention import environment, write_rows
+from run_attention import JsonRows, environment
 
 MODELS = {
     "tiny": lambda stage: tiny_config(stage, num_layers=2, hidden_size=64, num_attention_heads=1),
@@ -72,7 +72,8 @@ def build_dsr(name: str, device: str, dtype: torch.dtype) -> DsrModel:
     return init_on_device(model, device, dtype)
 
 
-def run_super_resolution(name: str, frames: int, device: str, dtype: torch.dtype, backends: list, env: dict):
+def run_super_resolution(rows: JsonRows, name: str, frames: int, device: str, dtype: torch.dtype, backends: list,
+                         env: dict):
     """Rows for super-resolving ``frames`` frames per backend (a batch of up to 12 frames per forward)."""
     model = build_dsr(name, device, dtype)
     c = model.config
@@ -83,7 +84,6 @@ def run_super_resolution(name: str, frames: int, device: str, dtype: torch.dtype
     gen = torch.Generator().manual_seed(0)
     low = torch.randint(0, 20000, (frames, c.local.num_low), generator=gen)
     sampler = ClusterSampler(torch.arange(20000) % 500)
-    rows = []
     for backend in backends:
         if device == "cuda":
             torch.cuda.synchronize()
@@ -100,8 +100,7 @@ def run_super_resolution(name: str, frames: int, device: str, dtype: torch.dtype
                "tokens_per_s": out.tokens.numel() / seconds}
         rows.append(row)
         print(f"{name:7s} super-resolution {row['backend']:10s} {frames} frames  {seconds:7.2f} s  "
-              f"{seconds / frames:6.3f} s/frame  {row['gemm_tflops_achieved']:6.2f} TFLOP/s (GEMMs)")
-    return rows
+              f"{seconds / frames:6.3f} s/frame  {row['gemm_tflops_achieved']:6.2f} TFLOP/s (GEMMs)", flush=True)
 
 
 def original_style_attention(q, k, v, q_index, text_len, text_bias, rule):
@@ -177,7 +176,7 @@ def main(argv=None) -> int:
         args.dtype or ("bf16" if args.device == "cuda" else "fp32")]
     backend = None if args.backend == "auto" else args.backend
     env = environment(args.device)
-    rows = []
+    rows = JsonRows(args.out or Path(__file__).parent / "results" / f"generation-{args.model}-{args.device}.json")
     runs = [(1, "stage1-frame1-guided", 1, True, "sequential", backend),
             (1, "stage1-frame1-guided", 1, True, "wavefront", backend),
             (2, "stage2-window", 2, False, "sequential", backend),
@@ -208,12 +207,12 @@ def main(argv=None) -> int:
               f"  {row['tokens_per_s']:8.1f} tok/s  {seconds:7.2f} s (first frame {first_frame_s:6.2f} s)"
               f"  cache {cache_bytes / 1e6:8.1f} MB"
               f"  weights {row['weight_gbytes_per_s']:6.2f} GB/s"
-              f"  outside forward {100 * row['outside_forward_fraction']:4.1f}%")
+              f"  outside forward {100 * row['outside_forward_fraction']:4.1f}%", flush=True)
     models.clear()
     sr_frames = args.sr_frames if args.sr_frames is not None else (12 if args.device == "cuda" else 1)
     if sr_frames:
-        rows += run_super_resolution(args.model, sr_frames, args.device, dtype, [backend, "reference"], env)
-    write_rows(rows, args.out or Path(__file__).parent / "results" / f"generation-{args.model}-{args.device}.json")
+        run_super_resolution(rows, args.model, sr_frames, args.device, dtype, [backend, "reference"], env)
+    rows.close()
     return 0
 
 

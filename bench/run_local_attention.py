@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cogvideo_engine.kernels.local_reference import local_additive, local_attention
 from cogvideo_engine.kernels.local_rules import DSR_GEOMETRY, high_visible, low_visible
 
-from run_attention import DTYPES, TOL, environment, gemm_row, time_fn, write_rows
+from run_attention import DTYPES, TOL, JsonRows, environment, gemm_row, time_fn
 
 HEADS, HEAD_DIM = 48, 64
 G = DSR_GEOMETRY
@@ -97,9 +97,9 @@ def applicable(impl: str, device: str) -> str | None:
     return None
 
 
-def run(device: str, dtype: torch.dtype, frames: int, reps: int, impls: list[str]) -> list[dict]:
+def run(rows: JsonRows, device: str, dtype: torch.dtype, frames: int, reps: int, impls: list[str]) -> JsonRows:
     env = environment(device)
-    rows = [gemm_row(env, device, dtype, reps)]
+    rows.append(gemm_row(env, device, dtype, reps))
     x = make_inputs(frames, device, dtype)
     ref = local_attention(*[t.float() for t in x], G)
     pairs = int(torch.isfinite(local_additive(G)).sum())
@@ -153,10 +153,11 @@ def main(argv=None) -> int:
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device == "cuda" else torch.float32)
     frames = args.frames or (12 if args.device == "cuda" else 1)
     reps = args.reps or (50 if args.device == "cuda" else 3)
-    rows = run(args.device, dtype, frames, reps, args.impl or list(IMPLS))
-    print_table(rows)
-    write_rows(rows, args.out or Path(__file__).parent / "results" / (
+    rows = JsonRows(args.out or Path(__file__).parent / "results" / (
         f"local-attention-{args.device}-{datetime.date.today().isoformat()}.json"))
+    run(rows, args.device, dtype, frames, reps, args.impl or list(IMPLS))
+    print_table(rows)
+    rows.close()
     return 0
 
 

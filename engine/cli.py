@@ -82,6 +82,13 @@ def cmd_generate(args) -> int:
     else:
         with open(args.prompt_file, encoding="utf-8") as f:
             prompts = [line.strip() for line in f if line.strip()]
+    # the request's settings are checked before the models load
+    params = SamplingParams(seed=args.seed, num_samples=args.samples, only_first_stage=args.only_first_stage,
+                            use_guidance_stage1=not args.no_guidance_stage1, temperature=args.temperature,
+                            top_k=args.top_k, temperature2=args.coglm_temperature2,
+                            guidance_alpha=args.guidance_alpha, schedule=args.schedule,
+                            max_batch=args.max_inference_batch_size, super_resolution=args.super_resolution,
+                            sr_max_batch=args.sr_max_batch)
     kwargs = dict(device=args.device, dtype=DTYPES[args.dtype],
                   decoder_dtype=DTYPES[args.decoder_dtype] if args.decoder_dtype else None, offload=args.offload,
                   backend=None if args.backend == "auto" else args.backend, dsr=args.dsr)
@@ -91,12 +98,6 @@ def cmd_generate(args) -> int:
         print("using the embedded default model: tiny, RANDOM weights (the output is noise, not a video of the "
               "prompt); --model-root points at the released CogVideo folder", file=sys.stderr)
         engine = Engine.default(**kwargs)
-    params = SamplingParams(seed=args.seed, num_samples=args.samples, only_first_stage=args.only_first_stage,
-                            use_guidance_stage1=not args.no_guidance_stage1, temperature=args.temperature,
-                            top_k=args.top_k, temperature2=args.coglm_temperature2,
-                            guidance_alpha=args.guidance_alpha, schedule=args.schedule,
-                            max_batch=args.max_inference_batch_size, super_resolution=args.super_resolution,
-                            sr_max_batch=args.sr_max_batch)
     bars = {}
 
     def progress(phase, done, total):

@@ -94,14 +94,18 @@ def check_prompt(encoder: TextEncoder, prompt: str, settings: PipelineSettings, 
                  durations: tuple[float, ...] = STAGE2_DURATIONS) -> None:
     """``ValueError`` if a text the prompt forms is too long for its pass on the given models (the video passes
     hold 74 text tokens): the check :meth:`Engine.generate` makes before any compute."""
-    texts = []
     if stage1 is not None:
-        first, main, guider = stage1_texts(encoder, prompt, settings)
-        texts += [(stage1, Pass.FIRST_FRAME, first), (stage1, Pass.STAGE1, main)]
-        texts += [(stage1, Pass.STAGE1, guider)] if guider is not None else []
+        _check_texts(stage1, prompt, _stage1_passes(*stage1_texts(encoder, prompt, settings)))
     if stage2 is not None:
-        texts += [(stage2, Pass.STAGE2, video_text(encoder, d, prompt)) for d in durations]
-    for model, pass_, ids in texts:
+        _check_texts(stage2, prompt, [(Pass.STAGE2, video_text(encoder, d, prompt)) for d in durations])
+
+
+def _stage1_passes(first, main, guider):
+    return [(Pass.FIRST_FRAME, first), (Pass.STAGE1, main)] + ([(Pass.STAGE1, guider)] if guider else [])
+
+
+def _check_texts(model: CogVideoModel, prompt: str, texts: list[tuple[Pass, list[int]]]) -> None:
+    for pass_, ids in texts:
         try:
             model.config.layout(pass_, len(ids), pass_.max_targets)
         except ValueError as e:
@@ -117,9 +121,9 @@ def stage1_tokens(model: CogVideoModel, encoder: TextEncoder, prompt: str, num_s
                   backend: str | None = None, progress=None) -> torch.Tensor:
     """``LongTensor[num_samples, 5, frame_len]``: the first frame (CogView2 path) then frames 1-4."""
     require_int("num_samples", num_samples, minimum=1)
-    check_prompt(encoder, prompt, settings, stage1=model)
-    runner = ModelRunner(model, backend)
     first_ids, main, guider = stage1_texts(encoder, prompt, settings)
+    _check_texts(model, prompt, _stage1_passes(first_ids, main, guider))
+    runner = ModelRunner(model, backend)
     first_text = _ids(first_ids).expand(num_samples, -1)
     first = generate_pass(model, Pass.FIRST_FRAME, first_text, None, 1, sampler, settings.first_frame,
                           [(seed, s, 0, 0, 0) for s in range(num_samples)], text_bias=settings.text_bias,
@@ -161,12 +165,13 @@ def stage2_tokens(model: CogVideoModel, encoder: TextEncoder, prompt: str, frame
     frame_len = model.config.geometry.frame_len
     require_token_tensor("frames", frames, ndim=3, upper=NUM_IMAGE_TOKENS, shape=(None, None, frame_len))
     interpolation_windows(frames.shape[1])  # an odd number >= 3
-    check_prompt(encoder, prompt, settings, stage2=model, durations=durations)
+    texts = [video_text(encoder, d, prompt) for d in durations]
+    _check_texts(model, prompt, [(Pass.STAGE2, ids) for ids in texts])
     runner = ModelRunner(model, backend)
     samples = frames.shape[0]
-    for round_id, duration in enumerate(durations):
+    for round_id, ids in enumerate(texts):
         windows = interpolation_windows(frames.shape[1])
-        text = _ids(video_text(encoder, duration, prompt))
+        text = _ids(ids)
         jobs = [(s, w) for s in range(samples) for w in range(len(windows))]
         generated = torch.full((samples, len(windows), 2, frames.shape[2]), -1, dtype=torch.long)
         for start in range(0, len(jobs), settings.max_batch):

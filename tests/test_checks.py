@@ -178,3 +178,13 @@ def test_stage2_tokens_refuses_bad_frames_before_any_compute(no_compute):
         stage2_tokens(model, tokenizer, "a cat", frames[..., :8], 1, sampler)
     with pytest.raises(ValueError, match="too long"):
         stage2_tokens(model, tokenizer, LONG, frames, 1, sampler)
+
+
+def test_cli_refuses_bad_settings_before_loading_models(capsys, monkeypatch):
+    from cogvideo_engine import cli
+
+    monkeypatch.setattr(ce.Engine, "default", lambda **kw: pytest.fail("the engine loaded first"))
+    assert cli.main(["generate", "a cat", "--max-inference-batch-size", "0"]) == 2
+    assert "max_batch must be >= 1" in capsys.readouterr().err
+    assert cli.main(["generate", "a cat", "--temperature", "-1"]) == 2
+    assert "temperature must be positive" in capsys.readouterr().err

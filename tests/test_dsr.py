@@ -13,7 +13,7 @@ from cogvideo_engine.kernels.local_rules import LocalGeometry
 from cogvideo_engine.model import gelu_tanh, init_random_weights
 
 from local_cases import unfold_attention
-from numerics import assert_fp_close, float64_copy
+from numerics import MODEL_FACTOR, assert_fp_close, float64_copy
 
 SMALL_LOCAL = LocalGeometry(grid=12, low_grid=4)
 BOI = 20099
@@ -79,7 +79,8 @@ def test_model_matches_the_original_forward():
     logits = model.logits(model.hidden_states(texts, low, BOI, backend="reference"))
     for b in range(2):  # against the original in fp64, bounded by the original's own fp32 error
         exact = original_logits(model, texts[b], low[b], torch.float64)
-        assert_fp_close(logits[b], exact, original_logits(model, texts[b], low[b]), what=f"frame {b}")
+        assert_fp_close(logits[b], exact, original_logits(model, texts[b], low[b]), factor=MODEL_FACTOR,
+                        what=f"frame {b}")
 
 
 def test_frames_are_independent_of_their_batch():
@@ -92,7 +93,7 @@ def test_frames_are_independent_of_their_batch():
     for b in range(3):
         alone, exact = (m.hidden_states(texts[b:b + 1], low[b:b + 1], BOI, backend="reference")
                         for m in (model, exact_model))
-        assert_fp_close(together[b], exact[0], alone[0], what=f"frame {b}")
+        assert_fp_close(together[b], exact[0], alone[0], what=f"frame {b}", factor=MODEL_FACTOR)
 
 
 def test_every_high_resolution_token_depends_on_its_low_resolution_window_only_in_one_layer():
@@ -100,11 +101,14 @@ def test_every_high_resolution_token_depends_on_its_low_resolution_window_only_i
     cfg = DsrConfig(num_layers=1, hidden_size=32, num_attention_heads=2, vocab_size=20100, text_len=12,
                     local=SMALL_LOCAL)
     model = init_random_weights(DsrModel(cfg), seed=2, peaky=False).eval()  # no weight underflows to 0
+    model = model.double()  # rounding 10 orders of magnitude below what a seen token moves
     low = torch.randint(0, 20000, (1, 16), generator=torch.Generator().manual_seed(1))
     base = model.hidden_states([[3, 4]], low, BOI, backend="reference")[0]
     changed = low.clone()
     changed[0, 0] = (changed[0, 0] + 1) % 20000  # low cell (0, 0)
-    moved = (model.hidden_states([[3, 4]], changed, BOI, backend="reference")[0] - base).abs().amax(-1) > 0
+    delta = (model.hidden_states([[3, 4]], changed, BOI, backend="reference")[0] - base).abs().amax(-1)
+    moved = delta > 1e-9 * base.abs().max()
+    assert delta[moved].min() > 1e-4
     g = SMALL_LOCAL
     expected = torch.tensor([(r // g.ratio) <= 2 and (c // g.ratio) <= 2 for r in range(g.grid) for c in range(g.grid)])
     assert torch.equal(moved, expected)

@@ -14,7 +14,7 @@ from cogvideo_engine.scheduler import feed_steps, schedule
 from cogvideo_engine.scoring import stream_input_ids, teacher_forced_logits
 
 from conftest import SMALL_BOI, SMALL_GEOMETRY, small_model
-from numerics import FUSED_FACTOR, assert_fp_close, float64_copy
+from numerics import FUSED_FACTOR, MODEL_FACTOR, assert_fp_close, float64_copy
 
 REAL = FrameGeometry()
 
@@ -152,7 +152,7 @@ def test_wavefront_and_sequential_give_the_same_tokens(stage, windowed):
     layout = model.config.layout(stage, text.shape[1], targets)
     ids = stream_input_ids(layout, text, given, seq.tokens, SMALL_BOI)
     exact = float64_copy(model).forward_full(ids, layout, 1.4)[:, layout.context_len:]
-    assert_fp_close(wave.logits, exact, seq.logits)
+    assert_fp_close(wave.logits, exact, seq.logits, factor=MODEL_FACTOR)
 
 
 def test_generation_logits_equal_teacher_forced_scoring_of_the_result():
@@ -218,7 +218,7 @@ def test_gpu_cuda_graph_steps_equal_eager_steps(backend):
                                        text_bias=kwargs["text_bias"], guider_text_ids=kwargs["guider_text_ids"],
                                        boi_id=SMALL_BOI)
         exact = scored.guided_logits if guided else scored.logits
-        assert_fp_close(runs[1].logits, exact, runs[0].logits, what=f"{stage} graph replay")
+        assert_fp_close(runs[1].logits, exact, runs[0].logits, what=f"{stage} graph replay", factor=MODEL_FACTOR)
 
 
 def test_vectorised_keyed_uniforms_equal_the_scalar_ones():

@@ -9,7 +9,7 @@ from cogvideo_engine.model import CogVideoModel, count_parameters, init_random_w
 from cogvideo_engine.scoring import stream_input_ids
 
 from conftest import SMALL_BOI, SMALL_GEOMETRY, small_model
-from numerics import assert_fp_close, fp_bound
+from numerics import MODEL_FACTOR, assert_fp_close, fp_bound
 
 FRAME = SMALL_GEOMETRY.frame_len
 
@@ -37,7 +37,7 @@ def test_full_forward_equals_prefill_and_steps(pass_, text_bias):
     assert stepped.shape == (2, layout.length, 20000)
     exact = small_model(pass_.model_stage, dtype=torch.float64).forward_full(ids, layout, text_bias)
     assert exact.dtype == torch.float64  # the fp64 model computes attention and logits in fp64 too
-    assert_fp_close(stepped, exact, full)
+    assert_fp_close(stepped, exact, full, factor=MODEL_FACTOR)
     assert full.std() > 1.0  # logits are far from flat, so a rule error would show
 
 
@@ -61,7 +61,8 @@ def test_wavefront_step_equals_sequential_steps():
         pair = [a, b] if a < ctx + FRAME else [b]
         out = model.extend(wave_cache, ids[:, pair], pair, 1.4)
         for j, i in enumerate(pair):
-            assert_fp_close(out[:, j:j + 1], exact[:, i:i + 1], sequential[i], what=f"position {i}")
+            assert_fp_close(out[:, j:j + 1], exact[:, i:i + 1], sequential[i], factor=MODEL_FACTOR,
+                            what=f"position {i}")
 
 
 def test_extend_refuses_bad_feeds():
@@ -88,7 +89,7 @@ def test_first_frame_ignores_the_temporal_channel():
     with torch.no_grad():
         for p in model.mixins["attention_plus"].parameters():
             p.add_(torch.randn_like(p))
-    assert_fp_close(model.forward_full(ids, layout, 1.4), exact, before)
+    assert_fp_close(model.forward_full(ids, layout, 1.4), exact, before, factor=MODEL_FACTOR)
     assert (model.forward_full(ids, layout, 0.0) - before).abs().max() > 1e-2  # the text bias matters
 
 
@@ -101,7 +102,8 @@ def test_video_pass_uses_the_temporal_channel_and_alpha():
         model.mixins["attention_plus"].attn_distribution[1].add_(1.0)
     after = model.forward_full(ids, layout, 1.4)
     text_rows = slice(0, layout.text_len)
-    assert_fp_close(after[:, text_rows], exact[:, text_rows], before[:, text_rows])  # text rows never mix
+    # text rows never mix
+    assert_fp_close(after[:, text_rows], exact[:, text_rows], before[:, text_rows], factor=MODEL_FACTOR)
     assert (after[:, layout.text_len:] - before[:, layout.text_len:]).abs().max() > 1e-2
 
 
@@ -119,18 +121,18 @@ def _single_effective_layer(model, keep: int):
 @pytest.mark.parametrize("pass_", list(Pass))
 @pytest.mark.parametrize("layer", [0, 1])
 def test_each_row_depends_exactly_on_the_keys_its_rules_allow(pass_, layer):
-    """Perturb one input at a time (one batch row each, beside the unperturbed stream in the same forward, so
-    every row runs the same GEMMs): a row's logits move iff the rules let it see the perturbed input; a row
-    that cannot see it stays bit-identical (hidden keys get probability exactly 0)."""
+    """Perturb one input at a time (one batch row each, beside the unperturbed stream): a row's logits move iff
+    the rules let it see the perturbed input. In float64, so rounding (BLAS kernels differ by row count and by a
+    row's place in a tile) stays 10 orders of magnitude below what a seen input moves."""
     model = CogVideoModel(small_model(pass_.model_stage).config)
-    model = _single_effective_layer(init_random_weights(model, seed=3, peaky=False).eval(), keep=layer)
+    model = _single_effective_layer(init_random_weights(model, seed=3, peaky=False).eval(), keep=layer).double()
     layout, ids = random_stream(pass_, text_len=3, batch=1)
     n = layout.length
     batch = ids.repeat(n + 1, 1)  # row 0 unperturbed, row 1 + i with input i changed
     batch[torch.arange(1, n + 1), torch.arange(n)] = (batch[torch.arange(1, n + 1), torch.arange(n)] + 7) % 20000
     out = model.forward_full(batch, layout, 1.4)
     delta = (out[1:] - out[:1]).abs().amax(-1)  # [perturbed key, query row]
-    moved = delta > 0
+    moved = delta > 1e-9 * out.abs().max()
     assert delta[moved].min() > 1e-4  # a seen input moves a row by far more than rounding
     for q in range(n):
         expected = set(layout.spatial_keys(q))

@@ -36,12 +36,14 @@ def test_structured_inputs(pass_, channel, parity, fill):
     check(kernel, rule, all_positions(rule, [4, 2]), [4, 2], [1.4, 1.4], device=DEVICE, fill=fill)
 
 
-@pytest.mark.parametrize("d", [16, 32, 64, 128])
+@pytest.mark.parametrize("d", [16, 32, pytest.param(64, marks=pytest.mark.compile_heavy),
+                               pytest.param(128, marks=pytest.mark.compile_heavy)])
 def test_head_dims(d):
     rule = AttentionRule(Pass.STAGE2, "temporal", 1, SMALL_GEOMETRY, text_capacity=3)
     check(kernel, rule, all_positions(rule, [3]), [3], [1.4], device=DEVICE, d=d, heads=1)
 
 
+@pytest.mark.compile_heavy
 @pytest.mark.parametrize("parity", [0, 1])
 def test_decode_queries_in_different_frames_real_geometry(parity):
     """Decode: one or two queries per sequence in different slots (the wavefront), real 20x20 geometry,
@@ -78,7 +80,8 @@ def test_input_checks():
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("pass_,channel,parity", RULE_CASES, ids=RULE_IDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, marks=pytest.mark.compile_heavy), torch.float16,
+                                   torch.bfloat16], ids=["fp32", "fp16", "bf16"])
 def test_gpu_every_position_real_geometry(pass_, channel, parity, dtype):
     """Real 20x20 geometry, window 10 / shift 5, head dim 64, every position of two sequences with different
     text lengths and biases (prefill), in every dtype including bf16."""

@@ -89,6 +89,7 @@ def test_strided_views_of_one_projection():
     assert_local_matches_reference(out, [t.contiguous() for t in (q, k, v, k_low, v_low)], g)
 
 
+@pytest.mark.compile_heavy
 def test_released_geometry_one_head():
     """The released 60x60 / 20x20 geometry with the default tiles (one whole row per program)."""
     check_local(kernel, DSR_GEOMETRY, batch=1, heads=1, device=DEVICE)
@@ -125,7 +126,8 @@ def test_input_errors(monkeypatch):
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("geometry", LOCAL_GEOMETRIES + [DSR_GEOMETRY], ids=LOCAL_IDS + ["released"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, marks=pytest.mark.compile_heavy), torch.float16,
+                                   torch.bfloat16], ids=["fp32", "fp16", "bf16"])
 def test_gpu_every_geometry_every_dtype(geometry, dtype):
     check_local(kernel, geometry, batch=2, heads=4, d=64, dtype=dtype, device=DEVICE)
 

@@ -1,0 +1,115 @@
+"""The GPU check's summary: ``python bench/gpu_check_summary.py RESULTS_DIR > summary.json``.
+
+Reads the step records (``steps.jsonl``, one line per step, written by ``gpu_check.sh``) and each step's
+outputs, and writes one JSON object: the run (mode, deadline, total seconds) and per step its status, seconds,
+limit and headline numbers -- test counts and failures from the junit files, ms and TFLOP/s per benchmark row,
+ms per step and weight bandwidth per generation pass, the GPU and the available backends. A short table goes to
+stderr (the device tool's reply shows the end of the output).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+
+def junit(path: Path) -> dict:
+    """Counts and the first failures of a junit file."""
+    root = ET.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    counts = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    failed = [f"{case.get('classname')}::{case.get('name')}" for case in root.iter("testcase")
+              if case.find("failure") is not None or case.find("error") is not None]
+    counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    return {**counts, "failed": failed[:20]}
+
+
+def bench_rows(path: Path) -> dict:
+    """``case/impl -> {ms, tflops}`` (or the reason it was skipped) of a kernel benchmark's rows."""
+    out = {}
+    for r in json.loads(path.read_text()):
+        key = f"{r.get('case')}/{r.get('impl')}"
+        if "skipped" in r:
+            out[key] = {"skipped": r["skipped"][:120]}
+        else:
+            out[key] = {"ms": round(r["seconds"] * 1e3, 4), "tflops": round(r.get("useful_tflops", 0.0), 3)}
+    return out
+
+
+def generation_rows(path: Path) -> dict:
+    """``pass/schedule -> {steps, ms per step, ...}`` and super-resolution seconds per frame."""
+    out = {}
+    for r in json.loads(path.read_text()):
+        if r.get("bench") == "super_resolution":
+            out[f"super_resolution/{r['backend']}"] = {"frames": r["frames"],
+                                                       "s_per_frame": round(r["seconds_per_frame"], 4)}
+        else:
+            out[f"{r['pass']}/{r['schedule']}"] = {
+                "steps": r["forward_steps"], "ms_per_step": round(r["ms_per_step"], 3),
+                "weight_gbytes_per_s": round(r["weight_gbytes_per_s"], 1),
+                "time_to_first_frame_s": round(r["time_to_first_frame_s"], 3)}
+    return out
+
+
+def text_headline(name: str, text: str) -> dict:
+    if name == "ctest":
+        m = re.search(r"(\d+)% tests passed, (\d+) tests failed out of (\d+)", text)
+        return {"passed_percent": int(m[1]), "failed": int(m[2]), "total": int(m[3])} if m else {}
+    if name == "info":
+        return {"available": [m[2] for m in re.finditer(r"^\s+(yes)\s+(\S+)", text, re.M)],
+                "unavailable": [m[2] for m in re.finditer(r"^\s+(no)\s+(\S+)", text, re.M)],
+                "lines": text.splitlines()[:3]}
+    if name == "gpu":
+        return {"device": [line.strip() for line in text.splitlines()[:3]]}
+    return {}
+
+
+OUTPUTS = {  # step -> the files its headline is read from: the GPU run's name, then the dry run's
+    "kernel-tests": ["kernel-tests.xml"], "engine-gpu-tests": ["engine-gpu-tests.xml"],
+    "bench-window": ["attention-bf16.json", "attention-cpu.json"], "bench-window-fp16": ["attention-fp16.json"],
+    "bench-flex": ["attention-bf16-flex.json"],
+    "bench-local": ["local-attention-bf16.json", "local-attention-cpu.json"],
+    "generation-medium": ["generation-medium.json", "generation-tiny.json"],
+    "generation-real": ["generation-real.json", "generation-tiny-sr.json"],
+}
+
+
+def headline(name: str, results: Path) -> dict:
+    if name in OUTPUTS:
+        path = next((results / f for f in OUTPUTS[name] if (results / f).is_file()), None)
+        if path is None:
+            return {"output": "missing"}
+        if path.suffix == ".xml":
+            return junit(path)
+        return generation_rows(path) if name.startswith("generation") else bench_rows(path)
+    log = results / f"{name}.txt"
+    return text_headline(name, log.read_text(errors="replace")) if log.is_file() else {}
+
+
+def main(argv: list[str]) -> int:
+    results = Path(argv[1])
+    run = json.loads((results / "run.json").read_text()) if (results / "run.json").is_file() else {}
+    steps = [json.loads(line) for line in (results / "steps.jsonl").read_text().splitlines() if line.strip()]
+    for s in steps:
+        if s["status"] != "skipped":
+            s["headline"] = headline(s["name"], results)
+    end = max((s["start_s"] + s["seconds"] for s in steps), default=0)
+    summary = {**run, "seconds": round(end, 1), "steps": steps}
+    json.dump(summary, sys.stdout, indent=1)
+    print(file=sys.stderr)
+    print(f"{'step':20s} {'status':8s} {'start':>6s} {'seconds':>8s} {'limit':>6s}  note", file=sys.stderr)
+    for s in steps:
+        note = s.get("reason") or ""
+        h = s.get("headline", {})
+        if "tests" in h:
+            note = f"{h['passed']} passed, {h['failures'] + h['errors']} failed, {h['skipped']} skipped"
+        print(f"{s['name']:20s} {s['status']:8s} {s['start_s']:6.0f} {s['seconds']:8.1f} {s['limit_s']:6.0f}  {note}",
+              file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -258,10 +258,8 @@ class Engine:
                 raise ValueError("super-resolution needs the cogview2-dsr checkpoint: Engine.from_pretrained(dsr=...)")
             if not p.only_first_stage and self.stage2_model is None:
                 raise ValueError("no stage-2 model loaded: pass only_first_stage=True or a stage-2 checkpoint")
-            for name in ("top_k", "first_frame_top_k"):
-                if getattr(p, name) > self.sampler.num_clusters:
-                    raise ValueError(f"{name} ({getattr(p, name)} clusters) exceeds the sampler's "
-                                     f"{self.sampler.num_clusters} clusters")
+            self.sampler.check_params(settings.video, "top_k")
+            self.sampler.check_params(settings.first_frame, "first_frame_top_k")
             check_prompt(self.tokenizer, prompt, settings, stage1=self.stage1_model if resume is None else None,
                          stage2=None if p.only_first_stage else self.stage2_model)
             if self._wants_super_resolution(p):

@@ -60,10 +60,9 @@ def require_token_tensor(name: str, value, *, ndim: int, upper: int, shape: tupl
                          ) -> torch.Tensor:
     """An integer tensor of ``ndim`` dimensions (``shape``: the sizes it must have, None for any) with values
     in ``0..upper-1``."""
-    if not isinstance(value, torch.Tensor) or value.dtype not in (torch.int64, torch.int32, torch.int16,
-                                                                   torch.uint8):
+    if not isinstance(value, torch.Tensor) or value.dtype not in (torch.int64, torch.int32):
         kind = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
-        raise TypeError(f"{name} must be an integer tensor, got {kind}")
+        raise TypeError(f"{name} must be an integer (int64 or int32) tensor, got {kind}")
     if value.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
     if shape is not None and any(want is not None and got != want for got, want in zip(value.shape, shape,

@@ -16,9 +16,9 @@ import torch
 
 from cogvideo_engine.kernels.rules import DEFAULT_BOI_ID, Pass
 
-from .model import CogVideoModel
 from .checks import require_callable, require_choice, require_int, require_real, require_token_tensor
 from .config import NUM_IMAGE_TOKENS
+from .model import CogVideoModel
 from .runner import ModelRunner, layouts_for
 from .sampler import ClusterSampler, PassSampling
 from .scheduler import SCHEDULES
@@ -69,10 +69,7 @@ def generate_pass(model: CogVideoModel, stage: Pass | str, text_ids: torch.Tenso
     require_token_tensor("given_frames", given_frames, ndim=3, upper=NUM_IMAGE_TOKENS,
                          shape=(batch, pass_.num_given, frame_len))
     require_int("num_targets", num_targets, minimum=1, maximum=pass_.max_targets)
-    if not isinstance(params, PassSampling):
-        raise TypeError(f"params must be a PassSampling, got {type(params).__name__}")
-    if params.top_k > sampler.num_clusters:
-        raise ValueError(f"top_k ({params.top_k} clusters) exceeds the sampler's {sampler.num_clusters} clusters")
+    sampler.check_params(params)
     if len(row_keys) != batch:
         raise ValueError(f"{batch} rows but {len(row_keys)} row keys")
     for key in row_keys:

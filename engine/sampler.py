@@ -127,10 +127,17 @@ class ClusterSampler:
                                     f"cluster_label2.npy (int64[20000], from the CogVideo release)")
         return cls(torch.from_numpy(np.load(path, allow_pickle=False)))
 
+    def check_params(self, params: PassSampling, name: str = "top_k") -> None:
+        """``ValueError`` if ``params`` asks for more clusters than this sampler has (``name`` is the setting's
+        name in the message); ``TypeError`` if it is not a :class:`PassSampling`."""
+        if not isinstance(params, PassSampling):
+            raise TypeError(f"sampling params must be a PassSampling, got {type(params).__name__}")
+        if params.top_k > self.num_clusters:
+            raise ValueError(f"{name} ({params.top_k} clusters) exceeds the sampler's {self.num_clusters} clusters")
+
     def cluster_mass(self, logits: torch.Tensor, params: PassSampling) -> torch.Tensor:
         """``[N, num_clusters]`` probability mass of each cluster under ``softmax(logits / temperature)``."""
-        if params.top_k > self.num_clusters:
-            raise ValueError(f"top_k ({params.top_k} clusters) exceeds the {self.num_clusters} clusters")
+        self.check_params(params)
         probs = torch.softmax(logits.float() / params.temperature, dim=-1)
         labels = self.labels.to(logits.device).expand_as(probs)
         return torch.zeros(probs.shape[0], self.num_clusters, device=logits.device).scatter_add_(1, labels, probs)

@@ -10,7 +10,7 @@ import torch
 from cogvideo_engine.kernels.registry import get_backend
 from cogvideo_engine.kernels.rules import DEFAULT_BOI_ID, Pass, StreamLayout
 
-from .checks import require_callable, require_int, require_real
+from .checks import require_callable, require_int, require_real, require_token_tensor
 from .config import NUM_IMAGE_TOKENS
 from .model import CogVideoModel
 
@@ -59,18 +59,6 @@ def stream_input_ids(layout: StreamLayout, text_ids: torch.Tensor, given_frames:
     return torch.cat([text_ids.to(blocks.device), blocks], dim=1)
 
 
-def _check_ids(name: str, ids: torch.Tensor, ndim: int, upper: int, batch: int | None = None):
-    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"{name} must be an integer (int64) tensor, got "
-                        f"{ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__}")
-    if ids.dim() != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(ids.shape)}")
-    if batch is not None and ids.shape[0] != batch:
-        raise ValueError(f"{name} has batch {ids.shape[0]}, text_ids has {batch}")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= upper):
-        raise ValueError(f"{name} holds ids outside 0..{upper - 1}")
-
-
 def _run_stream(model: CogVideoModel, layout: StreamLayout, ids: torch.Tensor, prefill_bias: float,
                 step_bias: float, progress: ProgressFn | None, done: int, total: int, backend: str | None):
     cache = model.new_cache(layout, ids.shape[0])
@@ -113,25 +101,23 @@ def teacher_forced_logits(model: CogVideoModel, stage: Pass | str, text_ids: tor
     require_callable("progress", progress)
     geometry = model.config.geometry
     vocab = model.config.vocab_size
-    _check_ids("text_ids", text_ids, 2, vocab)
+    frame_len = geometry.frame_len
+    require_token_tensor("text_ids", text_ids, ndim=2, upper=vocab)
     batch = text_ids.shape[0]
-    _check_ids("target_frames", target_frames, 3, NUM_IMAGE_TOKENS, batch)
+    require_token_tensor("target_frames", target_frames, ndim=3, upper=NUM_IMAGE_TOKENS,
+                         shape=(batch, None, frame_len))
     if given_frames is None:
-        given_frames = target_frames.new_zeros(batch, 0, geometry.frame_len)
-    _check_ids("given_frames", given_frames, 3, NUM_IMAGE_TOKENS, batch)
-    for name, frames in (("given_frames", given_frames), ("target_frames", target_frames)):
-        if frames.shape[-1] != geometry.frame_len:
-            raise ValueError(f"{name} frames must have {geometry.frame_len} tokens, got {frames.shape[-1]}")
-    if given_frames.shape[1] != pass_.num_given:
+        given_frames = target_frames.new_zeros(batch, 0, frame_len)
+    if given_frames.dim() == 3 and given_frames.shape[1] != pass_.num_given:
         raise ValueError(f"pass {pass_.value!r} takes {pass_.num_given} given frames, got {given_frames.shape[1]}")
+    require_token_tensor("given_frames", given_frames, ndim=3, upper=NUM_IMAGE_TOKENS,
+                         shape=(batch, pass_.num_given, frame_len))
     if not 1 <= target_frames.shape[1] <= pass_.max_targets:
         raise ValueError(f"pass {pass_.value!r} scores 1..{pass_.max_targets} target frames, "
                          f"got {target_frames.shape[1]}")
-    require_int("boi_id", boi_id)
-    if not 0 <= boi_id < vocab:
-        raise ValueError(f"boi_id {boi_id} is outside the vocabulary (0..{vocab - 1})")
+    require_int("boi_id", boi_id, minimum=0, maximum=vocab - 1)
     if guider_text_ids is not None:
-        _check_ids("guider_text_ids", guider_text_ids, 2, vocab, batch)
+        require_token_tensor("guider_text_ids", guider_text_ids, ndim=2, upper=vocab, shape=(batch, None))
 
     device = model.transformer.word_embeddings.weight.device
     get_backend(backend, device)  # an unknown or unavailable backend is refused here

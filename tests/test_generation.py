@@ -116,7 +116,7 @@ def test_sampler_inputs():
         ClusterSampler.from_file("/nonexistent/cluster_label2.npy")
     with pytest.raises(ValueError, match="keys"):
         toy_sampler().sample(torch.zeros(2, 20000), PassSampling(), [(1,)])
-    with pytest.raises(ValueError, match="exceeds the 8 clusters"):
+    with pytest.raises(ValueError, match="exceeds the sampler's 8 clusters"):
         toy_sampler(8).sample(torch.zeros(1, 20000), PassSampling(top_k=12), [(1,)])
 
 

@@ -30,12 +30,14 @@ MODEL_FACTOR = 3.0
 """For a model's result through another computation path than its reference's (cached steps vs one forward,
 another batch, a fused backend inside the model, the original code on another machine): GEMV and GEMM paths
 accumulate in different orders, measured at up to 1.75x the reference's own error on four BLAS configurations
-(MKL with AVX-512, with AVX2, single-threaded SSE4.2, and MKL_CBWR=COMPATIBLE), so 3 keeps a 1.7x margin."""
+(MKL with AVX-512, with AVX2, single-threaded SSE4.2, and MKL_CBWR=COMPATIBLE; the C++ kernels built for
+AVX-512, AVX2 and baseline x86-64), so 3 keeps a 1.7x margin."""
 
 FUSED_FACTOR = 4.0
 """For the model runner against the reference model: besides reassociating (fused GEMMs of other shapes), the
-runner rounds its alpha-folded output weights once more; measured at up to 2.1x the reference's own error, so
-4 keeps the same 2x margin."""
+runner rounds its alpha-folded output weights once more; measured at up to 3.6x the reference's own error (a
+row whose reference happens to err little, single-threaded SSE4.2), where the floor still leaves the bound 1.9x
+above the error."""
 
 ULPS = {torch.float64: 16, torch.float32: 16, torch.float16: 2, torch.bfloat16: 2}
 """The floor, in units in the last place of the largest exact value. 16-bit kernels round their outputs (and

@@ -135,12 +135,12 @@ if [ -z "$DRY" ]; then
         --out "$results/attention-bf16.json"
     step bench-local 25 -- "$PY" bench/run_local_attention.py --device cuda --dtype bf16 --frames 12 \
         --out "$results/local-attention-bf16.json"
-    step generation-medium 30 -- "$PY" bench/run_generation.py --model medium --device cuda --sr-frames 0 \
-        --out "$results/generation-medium.json"
     # the real 7.7 B shapes (random weights drawn on the GPU): guided stage-1 frame and stage-2 window on the
     # wavefront (CUDA-graph decode steps), then 12 frames of super-resolution
     step generation-real 60 -- "$PY" bench/run_generation.py --model real --device cuda --schedule wavefront \
         --sr-frames 12 --out "$results/generation-real.json"
+    step generation-medium 30 -- "$PY" bench/run_generation.py --model medium --device cuda --sr-frames 0 \
+        --out "$results/generation-medium.json"
     # shellcheck disable=SC2086
     step bench-window-fp16 20 -- "$PY" bench/run_attention.py --device cuda --dtype fp16 ${IMPLS/--impl gather/} \
         --out "$results/attention-fp16.json"
@@ -157,10 +157,10 @@ else  # the same steps in a CPU form with smaller budgets: the kernel tests' CPU
         --case stage2-decode-b1-q1 --case stage1-decode-b8-q1 --reps 2 --out "$results/attention-cpu.json"
     step bench-local 15 needs-ext -- "$PY" bench/run_local_attention.py --device cpu --impl cpu --reps 1 \
         --out "$results/local-attention-cpu.json"
-    step generation-medium 30 -- "$PY" bench/run_generation.py --model tiny --device cpu --sr-frames 0 \
-        --schedule wavefront --out "$results/generation-tiny.json"
     step generation-real 60 -- "$PY" bench/run_generation.py --model tiny --device cpu --skip-passes \
         --sr-frames 1 --out "$results/generation-tiny-sr.json"
+    step generation-medium 30 -- "$PY" bench/run_generation.py --model tiny --device cpu --sr-frames 0 \
+        --schedule wavefront --out "$results/generation-tiny.json"
 fi
 
 # pack: the archive of everything, the summary, the step log (logs over 2 MB keep their last 2 MB)

@@ -55,7 +55,7 @@ def assert_steps_within_deadline(summary: dict, deadline: int):
 
 @pytest.mark.slow
 def test_dry_run_keeps_the_deadline_and_brings_back_three_files(tmp_path):
-    deadline = 32
+    deadline = 40
     summary, seconds = dry_run(tmp_path / "out", deadline, GPU_CHECK_INSTALL="0")
     assert summary["mode"] == "full" and summary["dry_run"] is True and summary["deadline_s"] == deadline
     assert seconds <= deadline + 5
@@ -63,8 +63,8 @@ def test_dry_run_keeps_the_deadline_and_brings_back_three_files(tmp_path):
     steps = {s["name"]: s for s in summary["steps"]}
     assert steps["build"]["reason"].startswith("GPU_CHECK_INSTALL=0")
     assert steps["info"]["status"] == "ok" and "reference" in steps["info"]["headline"]["available"]
-    assert any(s["reason"] == "deadline" for s in summary["steps"])  # the last steps do not fit 32 s
-    kernel = steps["kernel-tests"]  # 14 s for ~20 s of tests on 2 cores: stopped by SIGINT, or done on a fast CPU
+    assert any(s["reason"] == "deadline" for s in summary["steps"])  # the last steps do not fit 40 s
+    kernel = steps["kernel-tests"]  # ~20 s for 10-25 s of tests on 2 cores: done, or stopped by SIGINT
     assert kernel["status"] in ("ok", "timeout") and kernel["headline"].get("tests", 0) > 0, kernel
 
 

@@ -254,7 +254,8 @@ class Engine:
                                  shape=(per_prompt[0].num_samples, STAGE1_FRAMES, frame_len))
         for prompt, p in zip(prompts, per_prompt, strict=True):
             settings = p.pipeline_settings(self.tokenizer.boi_id)
-            if self._wants_super_resolution(p) and self.dsr_model is None:
+            want_sr = self._wants_super_resolution(p)
+            if want_sr and self.dsr_model is None:
                 raise ValueError("super-resolution needs the cogview2-dsr checkpoint: Engine.from_pretrained(dsr=...)")
             if not p.only_first_stage and self.stage2_model is None:
                 raise ValueError("no stage-2 model loaded: pass only_first_stage=True or a stage-2 checkpoint")
@@ -262,7 +263,7 @@ class Engine:
             self.sampler.check_params(settings.first_frame, "first_frame_top_k")
             check_prompt(self.tokenizer, prompt, settings, stage1=self.stage1_model if resume is None else None,
                          stage2=None if p.only_first_stage else self.stage2_model)
-            if self._wants_super_resolution(p):
+            if want_sr:
                 self.dsr_model.config.check_prompt_len(len(self.tokenizer.encode(prompt)))
         return prompts, per_prompt
 

@@ -259,13 +259,5 @@ def random_dsr_model(config: DsrConfig, seed: int) -> DsrModel:
     return init_random_weights(DsrModel(config), seed=seed).eval().requires_grad_(False)
 
 
-__all__ = [
-    "DSR_MODEL_CLASS",
-    "LOW_POSITION_START",
-    "DsrConfig",
-    "DsrModel",
-    "load_dsr_model",
-    "random_dsr_model",
-    "read_dsr_config",
-    "tiny_dsr_config",
-]
+__all__ = ["DSR_MODEL_CLASS", "LOW_POSITION_START", "DsrConfig", "DsrModel", "load_dsr_model", "random_dsr_model",
+           "read_dsr_config", "tiny_dsr_config"]

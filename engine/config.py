@@ -66,7 +66,7 @@ class ModelConfig(BackboneShape):
         if self.max_sequence_length < g.extra_table_start:
             raise ValueError(f"the base position table ({self.max_sequence_length} rows) must cover ids below "
                              f"{g.extra_table_start}")
-        needed = g.frame_len * (g.num_slots - 1)
+        needed = g.frame_len * (g.max_slots - 1)
         if self.additional_seqlen < needed:
             raise ValueError(f"the extra position table ({self.additional_seqlen} rows) must cover {needed} ids")
 
@@ -89,7 +89,7 @@ class ModelConfig(BackboneShape):
         grid = round(frame_len ** 0.5)
         if grid * grid != frame_len or (layout[2] - layout[0]) % frame_len:
             raise ValueError(f"layout {layout} does not describe square frames of equal size")
-        geometry = FrameGeometry(grid=grid, num_slots=(layout[2] - layout[0]) // frame_len,
+        geometry = FrameGeometry(grid=grid, max_slots=(layout[2] - layout[0]) // frame_len,
                                  **cfg.get("engine_geometry", {}))
         head_dim = cfg.get("hidden_size_per_attention_head")
         hidden = cfg.get("hidden_size", 3072)
@@ -132,7 +132,7 @@ class ModelConfig(BackboneShape):
             "num_attention_heads": self.num_attention_heads, "vocab_size": self.vocab_size,
             "hidden_dropout": 0.1, "attention_dropout": 0.1, "layernorm_order": "sandwich",
             "model_parallel_size": 1, "max_sequence_length": self.max_sequence_length,
-            "layout": [64, 64 + g.frame_len, 64 + g.frame_len * g.num_slots],
+            "layout": [64, 64 + g.frame_len, 64 + g.frame_len * g.max_slots],
             "window_size": -1 if self.stage == 1 else g.window, "additional_seqlen": self.additional_seqlen,
             "cogvideo_stage": self.stage,
         }
@@ -141,7 +141,7 @@ class ModelConfig(BackboneShape):
         if self.stage1_windowed:
             cfg["engine_stage1_windowed"] = True
         extra = {k: v for k, v in dataclasses.asdict(g).items()
-                 if k not in ("grid", "num_slots") and getattr(FrameGeometry(), k) != v}
+                 if k not in ("grid", "max_slots") and getattr(FrameGeometry(), k) != v}
         if extra:  # only small test models change these; SAT ignores unknown keys
             cfg["engine_geometry"] = {k: list(v) if isinstance(v, tuple) else v for k, v in extra.items()}
         return cfg
@@ -157,6 +157,8 @@ class ModelConfig(BackboneShape):
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         d = dict(d)
         geometry = dict(d.pop("geometry", {}))
+        if "num_slots" in geometry:  # the name converted checkpoints of engine 0.1 wrote
+            geometry["max_slots"] = geometry.pop("num_slots")
         if "stage2_temporal_order" in geometry:
             geometry["stage2_temporal_order"] = tuple(geometry["stage2_temporal_order"])
         return cls(geometry=FrameGeometry(**geometry), **d)
@@ -179,4 +181,4 @@ def tiny_config(stage: int = 1, *, num_layers: int = 2, hidden_size: int = 64, n
     return ModelConfig(num_layers=num_layers, hidden_size=hidden_size, num_attention_heads=num_attention_heads,
                        vocab_size=vocab_size, stage=stage, geometry=g,
                        max_sequence_length=max(1024, g.extra_table_start),
-                       additional_seqlen=max(2000, g.frame_len * (g.num_slots - 1)))
+                       additional_seqlen=max(2000, g.frame_len * (g.max_slots - 1)))

@@ -63,7 +63,7 @@ def window_attention_csrc(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_i
     _C.window_attention(device.type, _tensor_arg(q), _tensor_arg(k), _tensor_arg(v), _tensor_arg(out),
                         q_index.data_ptr(), q_index.stride(0), q_index.stride(1), text_len.data_ptr(),
                         text_bias.data_ptr(), rule.temporal, rule.windowed, rule.bidirectional_given,
-                        rule.pass_.num_given, rule.num_slots, g.grid, g.window, rule.shift, rule.text_capacity,
+                        rule.pass_.num_given, rule.cache_slots, g.grid, g.window, rule.shift, rule.text_capacity,
                         stream)
     return out
 

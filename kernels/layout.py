@@ -3,7 +3,7 @@
 Cache layout (every backend reads K/V in this order)
 ----------------------------------------------------
 Per layer and channel, K and V are ``[B, H, S, d]`` (any strides), with
-``S = text_capacity + frame_len * num_slots``::
+``S = text_capacity + frame_len * cache_slots``::
 
     cache row  0 .. text_capacity-1                 text keys; row j holds text token j (rows >= text_len unused)
     cache row  text_capacity + frame_len * s + p    slot s, block position p (raster order, p = x * grid + y)
@@ -21,9 +21,10 @@ text bias and the per-query stream index, that fixes every visible key through :
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-from .rules import FrameGeometry, Pass
+from .rules import FrameGeometry, Pass, StreamLayout
 
 SPATIAL, TEMPORAL = "spatial", "temporal"
 
@@ -57,6 +58,17 @@ class AttentionRule:
                   text_capacity: int, stage1_windowed: bool = False) -> AttentionRule:
         return cls(Pass.parse(pass_), channel, layer_id % 2, geometry, text_capacity, stage1_windowed)
 
+    def stream(self, text_len: int) -> StreamLayout:
+        """The :class:`StreamLayout` of a sequence with ``text_len`` text tokens under this launch (every target
+        slot of the pass): the rule module's answer for each of its rows."""
+        return StreamLayout(self.pass_, text_len, self.pass_.max_targets, self.geometry, self.stage1_windowed)
+
+    @functools.cached_property
+    def _facts(self) -> StreamLayout:
+        """A stream of this launch; the facts read from it (windows, shift, bidirectional given rows) do not
+        depend on the text length."""
+        return self.stream(1)
+
     @property
     def temporal(self) -> bool:
         return self.channel == TEMPORAL
@@ -64,7 +76,7 @@ class AttentionRule:
     @property
     def windowed(self) -> bool:
         """Temporal channel with 3-D Swin windows (stage 2, or a windowed stage 1), else full causal."""
-        return self.temporal and (self.pass_ is Pass.STAGE2 or self.stage1_windowed)
+        return self.temporal and self._facts.temporal_windowed
 
     def require_released_rules(self, backend: str):
         """Fused kernels implement the released models' rules; the windowed stage 1 is reference-only."""
@@ -74,20 +86,22 @@ class AttentionRule:
 
     @property
     def bidirectional_given(self) -> bool:
-        """Stage-2 given rows see their whole own frame in the spatial channel."""
-        return self.pass_ is Pass.STAGE2
+        """Given rows see their whole own frame in the spatial channel (:attr:`StreamLayout.bidirectional_given`)."""
+        return self._facts.bidirectional_given
 
     @property
     def shift(self) -> int:
-        return self.geometry.shift if self.windowed and self.layer_parity == 1 else 0
+        """The temporal window shift of this launch's layer parity (0 in the spatial channel)."""
+        return self._facts.layer_shift(self.layer_parity) if self.temporal else 0
 
     @property
-    def num_slots(self) -> int:
+    def cache_slots(self) -> int:
+        """Slots the cache holds for the pass: its given slots and every target slot it may generate."""
         return self.pass_.num_given + self.pass_.max_targets
 
     @property
     def cache_len(self) -> int:
-        return self.text_capacity + self.geometry.frame_len * self.num_slots
+        return self.text_capacity + self.geometry.frame_len * self.cache_slots
 
 
 def cache_row(stream_index, text_len, text_capacity):

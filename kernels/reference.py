@@ -12,7 +12,6 @@ import torch
 
 from .layout import AttentionRule, stream_index_of_row
 from .masks import ChannelMask, spatial_mask, temporal_mask
-from .rules import StreamLayout
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -38,7 +37,7 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive:
 def rule_additive(rule: AttentionRule, q_index: torch.Tensor, text_len: int, text_bias: float,
                   cache_len: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``[Q, cache_len]`` additive mask of one sequence: ``-inf`` on hidden rows, the bias on biased text keys."""
-    layout = StreamLayout(rule.pass_, text_len, rule.pass_.max_targets, rule.geometry, rule.stage1_windowed)
+    layout = rule.stream(text_len)
     key, key_valid = stream_index_of_row(torch.arange(cache_len, device=q_index.device), text_len,
                                          rule.text_capacity)
     q = q_index.clamp(min=0)

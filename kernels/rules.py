@@ -102,7 +102,7 @@ class FrameGeometry:
     """
 
     grid: int = 20
-    num_slots: int = 5
+    max_slots: int = 5
     window: int = 10
     shift: int = 5
     frame_position_base: int = 512
@@ -114,8 +114,8 @@ class FrameGeometry:
             raise ValueError(f"frame grid {self.grid} must be a positive multiple of the window {self.window}")
         if not 0 <= self.shift < self.window:
             raise ValueError(f"shift {self.shift} must lie in [0, window {self.window})")
-        if sorted(self.stage2_temporal_order) != list(range(self.num_slots)):
-            raise ValueError(f"stage2_temporal_order {self.stage2_temporal_order} must permute 0..{self.num_slots - 1}")
+        if sorted(self.stage2_temporal_order) != list(range(self.max_slots)):
+            raise ValueError(f"stage2_temporal_order {self.stage2_temporal_order} must permute 0..{self.max_slots - 1}")
 
     @property
     def frame_len(self) -> int:
@@ -160,8 +160,8 @@ class StreamLayout:
         if not 0 <= self.num_targets <= self.pass_.max_targets:
             raise ValueError(f"pass {self.pass_.value!r} generates at most {self.pass_.max_targets} target "
                              f"frames, got {self.num_targets}")
-        if self.num_slots > g.num_slots:
-            raise ValueError(f"{self.num_slots} slots exceed the geometry's {g.num_slots}")
+        if self.num_slots > g.max_slots:
+            raise ValueError(f"{self.num_slots} slots exceed the geometry's {g.max_slots}")
 
     @property
     def num_given(self) -> int:
@@ -235,8 +235,13 @@ class StreamLayout:
     # -- the attention rules -------------------------------------------------------------------------
 
     def layer_shift(self, layer_id: int) -> int:
-        """Temporal window shift of a layer: ``shift`` on odd layers of stage 2, else 0."""
-        return self.geometry.shift if layer_id % 2 == 1 else 0
+        """Temporal window shift of a layer: ``shift`` on odd layers of a windowed temporal channel, else 0."""
+        return self.geometry.shift if self.temporal_windowed and layer_id % 2 == 1 else 0
+
+    @property
+    def bidirectional_given(self) -> bool:
+        """Whether given rows see their whole own frame in the spatial channel (stage 2), not a causal prefix."""
+        return self.pass_ is Pass.STAGE2
 
     def spatial_visible(self, q, k):
         """Whether query index ``q`` sees key index ``k`` in the spatial (CogView2) channel."""
@@ -244,8 +249,8 @@ class StreamLayout:
         text_key = kk == TEXT
         same_slot = (kk != TEXT) & (kq != TEXT) & (self.slot(q) == self.slot(k))
         causal = self.block_pos(k) <= self.block_pos(q)
-        bidirectional_given = (kq == GIVEN) & (self.pass_ is Pass.STAGE2)
-        return text_key | (same_slot & (causal | bidirectional_given))
+        bidirectional = (kq == GIVEN) & self.bidirectional_given
+        return text_key | (same_slot & (causal | bidirectional))
 
     def spatial_text_bias(self, q):
         """Whether the text bias is added on text keys of row ``q`` in the spatial channel: every row."""

@@ -258,6 +258,6 @@ def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *q_index.stride(),
         h, n_q, rule.text_capacity, rule.pass_.num_given, 1.0 / math.sqrt(d),
         TEMPORAL=rule.temporal, WINDOWED=rule.windowed, BIDIR_GIVEN=rule.bidirectional_given,
-        GRID=g.grid, WINDOW=g.window, SHIFT=rule.shift, NUM_SLOTS=rule.num_slots, FRAME_LEN=g.frame_len,
+        GRID=g.grid, WINDOW=g.window, SHIFT=rule.shift, NUM_SLOTS=rule.cache_slots, FRAME_LEN=g.frame_len,
         HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, IEEE=q.dtype == torch.float32)
     return out

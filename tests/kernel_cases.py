@@ -75,6 +75,6 @@ def decode_queries(geometry_rule: AttentionRule, text_len):
     first_target = geometry_rule.pass_.num_given
     last = g.frame_len - 1
     mid = (g.window - 1) * g.grid + (g.window - 1)  # bottom-right cell of the first window
-    rows = [[lay[0].index(first_target, mid), lay[0].index(geometry_rule.num_slots - 1, 0)],
+    rows = [[lay[0].index(first_target, mid), lay[0].index(geometry_rule.cache_slots - 1, 0)],
             [lay[1].index(first_target, last), -1]]
     return torch.tensor(rows)

@@ -37,12 +37,12 @@ void validate(const TensorView& q, const TensorView& k, const TensorView& v, con
   if (rule.grid <= 0 || rule.window <= 0 || rule.grid % rule.window != 0)
     throw InvalidArgument("frame grid must be a positive multiple of the window");
   if (rule.shift < 0 || rule.shift >= rule.window) throw InvalidArgument("shift must lie in [0, window)");
-  if (rule.num_slots < 1 || rule.num_given < 0 || rule.num_given > rule.num_slots)
-    throw InvalidArgument("num_given must lie in 0..num_slots and num_slots >= 1");
+  if (rule.cache_slots < 1 || rule.num_given < 0 || rule.num_given > rule.cache_slots)
+    throw InvalidArgument("num_given must lie in 0..cache_slots and cache_slots >= 1");
   if (rule.text_capacity < 1) throw InvalidArgument("text_capacity must be >= 1");
   if (k.shape[2] < rule.cache_len())
     throw InvalidArgument("the cache holds " + std::to_string(k.shape[2]) + " rows; the rule needs " +
-                          std::to_string(rule.cache_len()) + " (text_capacity + frame_len * num_slots)");
+                          std::to_string(rule.cache_len()) + " (text_capacity + frame_len * cache_slots)");
 }
 
 }  // namespace cogvideo

@@ -109,7 +109,7 @@ std::vector<Tile> plan_tiles(const TensorView& q, const QueryInfo& info, const A
     for (int64_t col : t.query_cols) any_text = any_text || sees_text(pos[col], rule.temporal);
     if (any_text)
       for (int j = 0; j < text_len; ++j) t.rows.push_back(j);
-    for (int s = 0; s < rule.num_slots; ++s)
+    for (int s = 0; s < rule.cache_slots; ++s)
       for (int p = 0; p < frame_len; ++p)
         for (int64_t col : t.query_cols)
           if (sees_frame_key(pos[col], s, cells[p], rule)) {

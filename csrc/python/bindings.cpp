@@ -46,7 +46,7 @@ TensorView view(const TensorArg& arg, const char* name) {
 void window_attention(const std::string& device, const TensorArg& q, const TensorArg& k, const TensorArg& v,
                       const TensorArg& out, uintptr_t q_index, int64_t q_index_stride0, int64_t q_index_stride1,
                       uintptr_t text_len, uintptr_t text_bias, bool temporal, bool windowed,
-                      bool bidirectional_given, int num_given, int num_slots, int grid, int window, int shift,
+                      bool bidirectional_given, int num_given, int cache_slots, int grid, int window, int shift,
                       int text_capacity, uintptr_t stream) {
   TensorView qv = view(q, "q"), kv = view(k, "k"), vv = view(v, "v"), ov = view(out, "out");
   QueryInfo info;
@@ -60,7 +60,7 @@ void window_attention(const std::string& device, const TensorArg& q, const Tenso
   rule.windowed = windowed;
   rule.bidirectional_given = bidirectional_given;
   rule.num_given = num_given;
-  rule.num_slots = num_slots;
+  rule.cache_slots = cache_slots;
   rule.grid = grid;
   rule.window = window;
   rule.shift = shift;
@@ -104,7 +104,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("window_attention", &window_attention, py::arg("device"), py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("out"), py::arg("q_index"), py::arg("q_index_stride0"), py::arg("q_index_stride1"),
         py::arg("text_len"), py::arg("text_bias"), py::arg("temporal"), py::arg("windowed"),
-        py::arg("bidirectional_given"), py::arg("num_given"), py::arg("num_slots"), py::arg("grid"),
+        py::arg("bidirectional_given"), py::arg("num_given"), py::arg("cache_slots"), py::arg("grid"),
         py::arg("window"), py::arg("shift"), py::arg("text_capacity"), py::arg("stream") = 0,
         "Window attention into `out`; tensors are (data_ptr, dtype name, shape, strides in elements).");
   m.def("local_attention", &local_attention, py::arg("device"), py::arg("q"), py::arg("k"), py::arg("v"),

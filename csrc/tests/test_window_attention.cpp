@@ -75,10 +75,10 @@ void run_case(const char* name, AttentionRule r, DType dt, double tol) {
   const int64_t S = r.cache_len();
   // every stream position of each sequence as a query
   int64_t Q = 0;
-  for (int b = 0; b < B; ++b) Q = std::max<int64_t>(Q, text_len[b] + r.frame_len() * r.num_slots);
+  for (int b = 0; b < B; ++b) Q = std::max<int64_t>(Q, text_len[b] + r.frame_len() * r.cache_slots);
   std::vector<int64_t> q_index(B * Q, -1);
   for (int b = 0; b < B; ++b)
-    for (int64_t i = 0; i < text_len[b] + r.frame_len() * r.num_slots; ++i) q_index[b * Q + i] = i;
+    for (int64_t i = 0; i < text_len[b] + r.frame_len() * r.cache_slots; ++i) q_index[b * Q + i] = i;
   std::mt19937 gen(7);
   std::normal_distribution<float> normal;
   std::vector<float> q(B * H * Q * D), k(B * H * S * D), v(B * H * S * D);
@@ -138,11 +138,11 @@ int main() {
   base.text_capacity = 5;
   AttentionRule stage1_spatial = base, stage1_temporal = base, stage2_spatial = base, stage2_even = base;
   stage1_spatial.num_given = 1;
-  stage1_spatial.num_slots = 5;
+  stage1_spatial.cache_slots = 5;
   stage1_temporal = stage1_spatial;
   stage1_temporal.temporal = true;
   stage2_spatial.num_given = 3;
-  stage2_spatial.num_slots = 5;
+  stage2_spatial.cache_slots = 5;
   stage2_spatial.bidirectional_given = true;
   stage2_even = stage2_spatial;
   stage2_even.bidirectional_given = false;
@@ -151,7 +151,7 @@ int main() {
   AttentionRule stage2_odd = stage2_even;
   stage2_odd.shift = 1;
   AttentionRule first_frame = base;
-  first_frame.num_slots = 1;
+  first_frame.cache_slots = 1;
 
   // the rule arithmetic itself, in the real geometry: cyclic windows share (0,0) and (19,19) on odd layers
   AttentionRule real = stage2_odd;

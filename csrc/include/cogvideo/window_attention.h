@@ -41,14 +41,14 @@ struct AttentionRule {
   bool windowed = false;             // stage-2 temporal: 3-D Swin windows (else stage-1 full causal)
   bool bidirectional_given = false;  // stage-2 spatial: given rows see their whole frame
   int num_given = 0;                 // given slots of the pass (0, 1 or 3)
-  int num_slots = 1;                 // slots the cache holds (given + max targets)
+  int cache_slots = 1;                // slots the cache holds (given + max targets)
   int grid = 20;                     // frame side in tokens (frame_len = grid * grid)
   int window = 10;
   int shift = 0;                     // this layer's shift (5 on odd stage-2 layers, else 0)
   int text_capacity = 1;             // cache rows reserved for text
 
   COGVIDEO_HD int frame_len() const { return grid * grid; }
-  COGVIDEO_HD int64_t cache_len() const { return text_capacity + static_cast<int64_t>(frame_len()) * num_slots; }
+  COGVIDEO_HD int64_t cache_len() const { return text_capacity + static_cast<int64_t>(frame_len()) * cache_slots; }
 };
 
 // Per-sequence and per-query integers; q_index is [B, Q] int64 with strides in elements.

@@ -1,7 +1,10 @@
 """The csrc kernels (``cogvideo_engine._C``: C++ CPU and CUDA) behind the window-attention contract and the
 super-resolution local-attention contract (:func:`local_attention_csrc`).
 
-Tensors cross into C++ as (data pointer, dtype, shape, strides); CUDA launches go on torch's current stream.
+Window inputs are checked here first with the checks every backend shares (:func:`.reference.check_window_inputs`),
+local ones with :func:`.local_reference.check_local_inputs`; the C++ side checks its own limits (dtypes, head
+dims) and raises ``ValueError`` naming them. Tensors cross into C++ as (data pointer, dtype, shape, strides); CUDA
+launches go on torch's current stream.
 Registered as ``torch.ops.cogvideo_engine.window_attention_csrc`` (custom op + fake) so ``torch.compile``
 and CUDA graphs see one opaque op.
 """
@@ -14,6 +17,7 @@ from .layout import AttentionRule
 from .local_reference import check_local_inputs
 from .local_rules import LocalGeometry
 from .ops import register_window_attention_op
+from .reference import check_window_inputs
 
 try:
     from cogvideo_engine import _C
@@ -42,18 +46,17 @@ def _tensor_arg(t: torch.Tensor) -> tuple:
 
 def window_attention_csrc(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_index: torch.Tensor,
                           text_len: torch.Tensor, text_bias: torch.Tensor, rule: AttentionRule) -> torch.Tensor:
-    """Same contract as :func:`cogvideo_engine.kernels.reference.window_attention`, on q's device."""
+    """Same contract as :func:`cogvideo_engine.kernels.reference.window_attention`, on q's device.
+
+    Inputs are checked by :func:`.reference.check_window_inputs`; the C++ side refuses dtypes other than fp32,
+    fp16 and bf16 and head dims other than 16, 32, 64 and 128 (``ValueError``).
+    """
     if _C is None:
+
         raise RuntimeError(f"the csrc backends need cogvideo_engine._C: {_IMPORT_ERROR}")
     rule.require_released_rules(q.device.type)
+    check_window_inputs(q, k, v, q_index, text_len, text_bias, rule)
     device = q.device
-    for name, t in (("k", k), ("v", v), ("q_index", q_index)):
-        if t.device != device:
-            raise ValueError(f"{name} is on {t.device}, q on {device}: all inputs must share one device")
-    if q_index.shape != (q.shape[0], q.shape[2]):
-        raise ValueError(f"q_index must be [B={q.shape[0]}, Q={q.shape[2]}], got {tuple(q_index.shape)}")
-    if text_len.shape != (q.shape[0],) or text_bias.shape != (q.shape[0],):
-        raise ValueError("text_len and text_bias must be [B] tensors")
     q_index = q_index.to(torch.int64)
     text_len = text_len.to(device=device, dtype=torch.int32).contiguous()
     text_bias = text_bias.to(device=device, dtype=torch.float32).contiguous()

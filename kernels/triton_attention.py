@@ -9,6 +9,10 @@ accumulated in fp32; a row that sees nothing writes zeros.
 The same code serves prefill (many queries per sequence) and decode (one or a few queries per sequence, in
 any slots: the wavefront); K/V are read in place from the cache layout of :mod:`.layout`.
 
+Inputs go through :func:`.reference.check_window_inputs` (the checks every backend shares) and then this
+backend's own limits (head dims 16/32/64/128; fp16, bf16 or fp32). :mod:`.ops` registers :func:`window_attention_triton`
+as ``torch.ops.cogvideo_engine.window_attention_triton``.
+
 Triton semantics used here are common to Triton 3.6 and later. Under ``TRITON_INTERPRET=1`` the kernel runs
 on CPU tensors (slowly), which is how the test suite checks it without a GPU.
 """
@@ -27,6 +31,11 @@ except ImportError:  # the registry reports the backend as unavailable
     tl = None
 
 from .layout import AttentionRule
+from .reference import check_window_inputs
+
+HEAD_DIMS = (16, 32, 64, 128)
+"""Head dims this kernel takes (one register tile of the whole head)."""
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def triton_status() -> tuple[bool, str]:
@@ -205,33 +214,13 @@ if triton is not None:
         tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=in_range[:, None])
 
 
-def _check_inputs(q, k, v, q_index, text_len, text_bias, rule: AttentionRule):
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError("q, k and v must be [B, H, N, d] tensors")
-    b, h, _, d = q.shape
-    if k.shape != v.shape or k.shape[:2] != (b, h) or k.shape[3] != d:
-        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must be [B={b}, H={h}, S, d={d}]")
-    if k.shape[2] < rule.cache_len:
-        raise ValueError(f"the cache holds {k.shape[2]} rows; pass {rule.pass_.value!r} with text capacity "
-                         f"{rule.text_capacity} needs {rule.cache_len}")
-    if d not in (16, 32, 64, 128):
-        raise ValueError(f"head dim {d} is not supported (16, 32, 64 or 128)")
-    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"q, k, v must share one of fp16/bf16/fp32, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if q_index.shape != (b, q.shape[2]):
-        raise ValueError(f"q_index must be [B={b}, Q={q.shape[2]}], got {tuple(q_index.shape)}")
-    if text_len.shape != (b,) or text_bias.shape != (b,):
-        raise ValueError("text_len and text_bias must be [B] tensors")
-    capturing = q.is_cuda and torch.cuda.is_current_stream_capturing()
-    if not capturing and (int(text_len.max()) > rule.text_capacity or int(text_len.min()) < 1):
-        # a value check syncs the device, so it is skipped inside a CUDA-graph capture
-        raise ValueError(f"text lengths must lie in 1..text_capacity ({rule.text_capacity})")
-
-
 def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_index: torch.Tensor,
                             text_len: torch.Tensor, text_bias: torch.Tensor, rule: AttentionRule, *,
                             block_m: int | None = None, block_n: int | None = None) -> torch.Tensor:
     """Same contract as :func:`cogvideo_engine.kernels.reference.window_attention`, fused in one kernel.
+
+    Inputs are checked by :func:`.reference.check_window_inputs`, then against this kernel's limits: head dim
+    16, 32, 64 or 128; fp16, bf16 or fp32.
 
     Tiles: ``block_m`` queries x ``block_n`` keys; by default 16 x 32 for decode (a few queries per
     sequence) and 64 x 64 for prefill.
@@ -239,8 +228,12 @@ def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
     if triton is None:
         raise RuntimeError("the triton backend needs the triton package")
     rule.require_released_rules("triton")
-    _check_inputs(q, k, v, q_index, text_len, text_bias, rule)
+    check_window_inputs(q, k, v, q_index, text_len, text_bias, rule)
     b, h, n_q, d = q.shape
+    if d not in HEAD_DIMS:
+        raise ValueError(f"head dim {d} is not supported by the triton backend (16, 32, 64 or 128)")
+    if q.dtype not in DTYPES:
+        raise ValueError(f"the triton backend takes fp16, bf16 or fp32 inputs, got {q.dtype}")
     out = torch.empty_like(q)
     if n_q == 0:
         return out

@@ -71,8 +71,10 @@ def test_cpu_errors_name_the_constraint():
                               torch.randn(1, 2, rule.cache_len, 24), rule=rule, **meta)
     with pytest.raises(ValueError, match=r"text_len\[0\] = 5"):
         window_attention_csrc(q, k, k, rule=rule, **{**meta, "text_len": torch.tensor([5])})
-    with pytest.raises(ValueError, match="share one dtype"):
+    with pytest.raises(ValueError, match="share one floating-point dtype"):
         window_attention_csrc(q, k.half(), k.half(), rule=rule, **meta)
+    with pytest.raises(ValueError, match="float64 is not supported"):
+        window_attention_csrc(q.double(), k.double(), k.double(), rule=rule, **meta)
     with pytest.raises(ValueError, match="q_index must be"):
         window_attention_csrc(q, k, k, rule=rule, **{**meta, "q_index": torch.zeros(1, 2, dtype=torch.long)})
 

@@ -61,20 +61,23 @@ def test_stage1_decode_real_geometry_fp16():
 
 
 def test_input_checks():
+    """The shared checks (tests/test_window_checks.py runs them on every backend) and this backend's own."""
     rule = AttentionRule(Pass.STAGE1, "spatial", 0, SMALL_GEOMETRY, text_capacity=4)
-    q = torch.randn(1, 2, 3, 16)
-    k = torch.randn(1, 2, rule.cache_len, 16)
-    good = dict(q_index=torch.zeros(1, 3, dtype=torch.long), text_len=torch.tensor([4]),
+    q = torch.randn(1, 2, 3, 16, device=DEVICE)
+    k = torch.randn(1, 2, rule.cache_len, 16, device=DEVICE)
+    good = dict(q_index=torch.zeros(1, 3, dtype=torch.long, device=DEVICE), text_len=torch.tensor([4]),
                 text_bias=torch.tensor([1.4]))
-    with pytest.raises(ValueError, match="needs"):
+    with pytest.raises(ValueError, match="the rule needs"):
         kernel(q, k[:, :, :-1], k[:, :, :-1], rule=rule, **good)
-    with pytest.raises(ValueError, match="head dim 24"):
+    with pytest.raises(ValueError, match=r"text_len\[0\] = 5 must lie in 1..text_capacity \(4\)"):
+        kernel(q, k, k, rule=rule, **{**good, "text_len": torch.tensor([5])})
+    with pytest.raises(ValueError, match="share one floating-point dtype"):
+        kernel(q, k.half(), k.half(), rule=rule, **good)
+    with pytest.raises(ValueError, match="head dim 24 is not supported by the triton backend"):
         kernel(torch.randn(1, 2, 3, 24), torch.randn(1, 2, rule.cache_len, 24),
                torch.randn(1, 2, rule.cache_len, 24), rule=rule, **good)
-    with pytest.raises(ValueError, match="text lengths"):
-        kernel(q, k, k, rule=rule, **{**good, "text_len": torch.tensor([5])})
-    with pytest.raises(ValueError, match="share one of"):
-        kernel(q, k.half(), k.half(), rule=rule, **good)
+    with pytest.raises(ValueError, match=r"takes fp16, bf16 or fp32 inputs, got torch\.float64"):
+        kernel(q.double(), k.double(), k.double(), rule=rule, **good)
 
 
 @pytest.mark.gpu

@@ -36,7 +36,7 @@ class BackendStatus:
 
 
 def _triton_status(device_type: str) -> BackendStatus:
-    from .triton_attention import triton_status
+    from .triton_common import triton_status
 
     ok, why = triton_status()
     if not ok:

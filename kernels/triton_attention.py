@@ -10,8 +10,9 @@ The same code serves prefill (many queries per sequence) and decode (one or a fe
 any slots: the wavefront); K/V are read in place from the cache layout of :mod:`.layout`.
 
 Inputs go through :func:`.reference.check_window_inputs` (the checks every backend shares) and then this
-backend's own limits (head dims 16/32/64/128; fp16, bf16 or fp32). :mod:`.ops` registers :func:`window_attention_triton`
-as ``torch.ops.cogvideo_engine.window_attention_triton``.
+backend's own limits (head dims 16/32/64/128; fp16, bf16 or fp32). The online-softmax step, the Triton import
+guard and the interpreter handling come from :mod:`.triton_common`; :mod:`.ops` registers
+:func:`window_attention_triton` as ``torch.ops.cogvideo_engine.window_attention_triton``.
 
 Triton semantics used here are common to Triton 3.6 and later. Under ``TRITON_INTERPRET=1`` the kernel runs
 on CPU tensors (slowly), which is how the test suite checks it without a GPU.
@@ -23,26 +24,12 @@ import math
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the registry reports the backend as unavailable
-    triton = None
-    tl = None
-
 from .layout import AttentionRule
 from .reference import check_window_inputs
+from .triton_common import KERNEL_DTYPES, check_launch, online_softmax_update, tl, triton
 
 HEAD_DIMS = (16, 32, 64, 128)
 """Head dims this kernel takes (one register tile of the whole head)."""
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def triton_status() -> tuple[bool, str]:
-    """Whether the Triton backend can run on CUDA here, and why not."""
-    if triton is None:
-        return False, "triton is not installed"
-    return True, f"triton {triton.__version__}"
 
 
 if triton is not None:
@@ -82,43 +69,6 @@ if triton is not None:
         return visible
 
     @triton.jit
-    def _round_to_bf16(x):
-        """fp32 -> the nearest bf16 value (ties to even), kept in fp32. Only the interpreter needs it: its
-        fp32 -> bf16 cast truncates, where the GPU's rounds to nearest."""
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        return bits.to(tl.float32, bitcast=True)
-
-    @triton.jit
-    def _online_softmax_update(acc, m_i, l_i, s, v_ptrs, v_mask,
-                               EXP2: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
-        """Folds one key tile into the online softmax (shared by the window and the local-attention kernels).
-
-        ``s`` [M, N] are the tile's scores, ``-inf`` where not visible (base 2 when ``EXP2``, else base e);
-        ``acc`` [M, D], ``m_i`` and ``l_i`` [M] the fp32 state. V [N, D] is loaded here; ``p`` is cast to its
-        dtype for the ``p @ v`` product (IEEE-precision dot when ``IEEE``). ``UPCAST`` (the interpreter with
-        bf16 inputs, whose ``tl.dot`` multiplies bf16 bit patterns as integers) runs the product in fp32 with
-        ``p`` rounded to the nearest bf16 first: the numerics of the tensor-core path."""
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a query that has seen nothing yet
-        if EXP2:
-            p = tl.exp2(s - m_safe[:, None])
-            alpha = tl.exp2(m_i - m_safe)
-        else:
-            p = tl.exp(s - m_safe[:, None])
-            alpha = tl.exp(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_ptrs, mask=v_mask, other=0.0)  # [N, D]
-        if UPCAST:
-            pv = tl.dot(_round_to_bf16(p), v.to(tl.float32), input_precision="ieee")
-        elif IEEE:
-            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            pv = tl.dot(p.to(v.dtype), v)
-        acc = acc * alpha[:, None] + pv
-        return acc, m_new, l_i
-
-    @triton.jit
     def _online_softmax_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, kv_mask, visible, bias, sm_scale,
                              IEEE: tl.constexpr):
         k = tl.load(k_ptrs, mask=kv_mask[None, :], other=0.0)  # [D, N]
@@ -128,8 +78,8 @@ if triton is not None:
             s = tl.dot(q, k)
         s = s * sm_scale + bias
         s = tl.where(visible, s, float("-inf"))
-        return _online_softmax_update(acc, m_i, l_i, s, v_ptrs, kv_mask[:, None],
-                                      EXP2=False, IEEE=IEEE, UPCAST=False)
+        return online_softmax_update(acc, m_i, l_i, s, v_ptrs, kv_mask[:, None],
+                                     EXP2=False, IEEE=IEEE, UPCAST=False)
 
     @triton.jit
     def _window_attention_kernel(
@@ -220,19 +170,18 @@ def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
     """Same contract as :func:`cogvideo_engine.kernels.reference.window_attention`, fused in one kernel.
 
     Inputs are checked by :func:`.reference.check_window_inputs`, then against this kernel's limits: head dim
-    16, 32, 64 or 128; fp16, bf16 or fp32.
+    16, 32, 64 or 128; fp16, bf16 or fp32; CUDA tensors (CPU ones under ``TRITON_INTERPRET=1``).
 
     Tiles: ``block_m`` queries x ``block_n`` keys; by default 16 x 32 for decode (a few queries per
     sequence) and 64 x 64 for prefill.
     """
-    if triton is None:
-        raise RuntimeError("the triton backend needs the triton package")
+    check_launch(q)
     rule.require_released_rules("triton")
     check_window_inputs(q, k, v, q_index, text_len, text_bias, rule)
     b, h, n_q, d = q.shape
     if d not in HEAD_DIMS:
         raise ValueError(f"head dim {d} is not supported by the triton backend (16, 32, 64 or 128)")
-    if q.dtype not in DTYPES:
+    if q.dtype not in KERNEL_DTYPES:
         raise ValueError(f"the triton backend takes fp16, bf16 or fp32 inputs, got {q.dtype}")
     out = torch.empty_like(q)
     if n_q == 0:

@@ -30,11 +30,16 @@ arbitrary strides (for example q, k, v as views of one ``[B, N, 3, H, d]`` proje
 up to 256 that is not a power of two (or is below 16, the smallest ``tl.dot`` extent) is zero-padded in
 registers.
 
+Inputs go through :func:`.local_reference.check_local_inputs` (the checks every local backend shares), then
+this backend's own limits (fp16, bf16 or fp32; d <= 256; tile sizes). The online-softmax step, the Triton
+import guard and the interpreter handling come from :mod:`.triton_common`; :mod:`.ops` registers
+:func:`local_attention_triton` as ``torch.ops.cogvideo_engine.local_attention_triton``.
+
 Triton semantics used here are common to Triton 3.x. Under ``TRITON_INTERPRET=1`` the kernel runs on CPU
 tensors (slowly), which is how the test suite checks it without a GPU. Two interpreter defects matter for
-bf16 and are worked around only when interpreted (the ``UPCAST`` flag; the compiled GPU kernel never takes that
-branch): its ``tl.dot`` multiplies the raw bf16 bit patterns as integers, and its fp32 -> bf16 cast truncates
-where the GPU rounds to nearest even.
+bf16 and are worked around only when interpreted (the ``UPCAST`` flag, :func:`.triton_common.upcast_bf16`; the
+compiled GPU kernel never takes that branch): its ``tl.dot`` multiplies the raw bf16 bit patterns as integers,
+and its fp32 -> bf16 cast truncates where the GPU rounds to nearest even.
 """
 
 from __future__ import annotations
@@ -46,16 +51,8 @@ import torch
 
 from .local_reference import check_local_inputs
 from .local_rules import LocalGeometry
-from .triton_attention import triton_status
+from .triton_common import KERNEL_DTYPES, check_launch, online_softmax_update, round_to_bf16, tl, triton, upcast_bf16
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # triton_status() reports the backend as unavailable
-    triton = None
-    tl = None
-
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MIN_DOT = 16  # the smallest extent tl.dot accepts along any axis
 _MAX_HEAD_DIM = 256
 
@@ -80,8 +77,6 @@ def local_tiles(geometry: LocalGeometry, block_q: int) -> tuple[int, int]:
 
 if triton is not None:
 
-    from .triton_attention import _online_softmax_update, _round_to_bf16
-
     @triton.jit
     def _softmax_step(acc, m_i, l_i, q, k_ptrs, v_ptrs, k_mask, v_mask, visible, qk_scale,
                       IEEE: tl.constexpr, UPCAST: tl.constexpr):
@@ -98,7 +93,7 @@ if triton is not None:
         else:
             s = tl.dot(q, k)
         s = tl.where(visible, s * qk_scale, float("-inf"))
-        return _online_softmax_update(acc, m_i, l_i, s, v_ptrs, v_mask, EXP2=True, IEEE=IEEE, UPCAST=UPCAST)
+        return online_softmax_update(acc, m_i, l_i, s, v_ptrs, v_mask, EXP2=True, IEEE=IEEE, UPCAST=UPCAST)
 
     @triton.jit
     def _local_attention_kernel(
@@ -179,13 +174,10 @@ if triton is not None:
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # padding queries of the tile (outside the frame)
         out = acc / l_safe[:, None]
         if UPCAST:
-            out = _round_to_bf16(out)  # then the (truncating) interpreter cast below is exact
+            out = round_to_bf16(out)  # then the (truncating) interpreter cast below is exact
         o_ptrs = O + b * stride_ob + h * stride_oh + (qr * GRID + qc)[:, None] * stride_on \
             + offs_d[None, :] * stride_od
         tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :])
-
-    # TRITON_INTERPRET=1 (read by triton.jit when the kernel is defined) runs the kernel in numpy, on CPU
-    _INTERPRETED = not isinstance(_local_attention_kernel, triton.runtime.JITFunction)
 
 
 def local_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_low: torch.Tensor,
@@ -199,15 +191,10 @@ def local_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_
     Tiles: each program takes ``block_rows`` query rows by ``block_q`` columns (powers of two; by default one
     row and ``min(next_pow2(grid), 64)`` columns, i.e. a whole row of the released 60x60 frame).
     """
-    available, why = triton_status()
-    if not available:
-        raise RuntimeError(f"the triton local-attention backend is unavailable: {why}")
+    check_launch(q, "triton local-attention backend")
     check_local_inputs(q, k, v, k_low, v_low, geometry)
-    if q.dtype not in _DTYPES:
+    if q.dtype not in KERNEL_DTYPES:
         raise ValueError(f"inputs must be fp16, bf16 or fp32, got {q.dtype}")
-    if not q.is_cuda and not _INTERPRETED:
-        raise ValueError(f"the triton backend needs CUDA tensors, got {q.device} (or TRITON_INTERPRET=1 set "
-                         "before this module is imported, to run it on CPU)")
     b, h, n, d = q.shape
     if d > _MAX_HEAD_DIM:
         raise ValueError(f"head dim d={d} is above the {_MAX_HEAD_DIM} this kernel keeps in registers")
@@ -235,7 +222,7 @@ def local_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_
             "HALF_LOW": geometry.low_window // 2, "HEAD_DIM": d, "D_PAD": _pow2(d),
             "BLOCK_ROWS": block_rows, "BLOCK_Q": block_q, "BLOCK_K": block_k, "BLOCK_L": block_l,
             "COL_TILES": col_tiles, "ROW_TILES": row_tiles, "IEEE": q.dtype == torch.float32,
-            "UPCAST": _INTERPRETED and q.dtype == torch.bfloat16}
+            "UPCAST": upcast_bf16(q.dtype)}
     if q.is_cuda:
         with torch.cuda.device(q.device):
             _local_attention_kernel[launch](*args, **meta, num_warps=num_warps)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from cogvideo_engine.kernels import triton_common
 from cogvideo_engine.kernels.layout import AttentionRule
 from cogvideo_engine.kernels.rules import FrameGeometry, Pass, StreamLayout
 
@@ -60,7 +61,7 @@ def test_stage1_decode_real_geometry_fp16():
     check(kernel, rule, q_index, [20], [0.0], device=DEVICE, d=64, dtype=torch.float16)
 
 
-def test_input_checks():
+def test_input_checks(monkeypatch):
     """The shared checks (tests/test_window_checks.py runs them on every backend) and this backend's own."""
     rule = AttentionRule(Pass.STAGE1, "spatial", 0, SMALL_GEOMETRY, text_capacity=4)
     q = torch.randn(1, 2, 3, 16, device=DEVICE)
@@ -78,6 +79,12 @@ def test_input_checks():
                torch.randn(1, 2, rule.cache_len, 24), rule=rule, **good)
     with pytest.raises(ValueError, match=r"takes fp16, bf16 or fp32 inputs, got torch\.float64"):
         kernel(q.double(), k.double(), k.double(), rule=rule, **good)
+    monkeypatch.setattr(triton_common, "INTERPRETED", False)
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        kernel(q.cpu(), k.cpu(), k.cpu(), rule=rule, **{**good, "q_index": good["q_index"].cpu()})
+    monkeypatch.setattr(triton_common, "triton_status", lambda: (False, "triton is not installed"))
+    with pytest.raises(RuntimeError, match="not installed"):
+        kernel(q, k, k, rule=rule, **good)
 
 
 @pytest.mark.gpu

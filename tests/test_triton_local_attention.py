@@ -10,6 +10,7 @@ import functools
 import pytest
 import torch
 
+from cogvideo_engine.kernels import triton_common
 from cogvideo_engine.kernels.local_rules import DSR_GEOMETRY, LocalGeometry
 
 from local_cases import LOCAL_GEOMETRIES, LOCAL_IDS, assert_local_matches_reference, check_local, make_inputs
@@ -43,7 +44,7 @@ def test_every_geometry_fp16(geometry):
 
 @pytest.mark.parametrize("geometry", [LOCAL_GEOMETRIES[1], LOCAL_GEOMETRIES[2]], ids=[LOCAL_IDS[1], LOCAL_IDS[2]])
 def test_bf16(geometry):
-    """bf16 under the interpreter takes the fp32-emulated path (see the kernel's UPCAST); the GPU tests below
+    """bf16 under the interpreter takes the fp32-emulated path (triton_common.upcast_bf16); the GPU tests below
     run the tensor-core path."""
     check_local(kernel, geometry, batch=1, heads=2, dtype=torch.bfloat16, device=DEVICE)
 
@@ -115,10 +116,10 @@ def test_input_errors(monkeypatch):
         kernel(q, k, v, kl, vl, g, block_q=12)
     with pytest.raises(ValueError, match="at least 16"):
         kernel(q, k, v, kl, vl, g, block_q=4, block_rows=2)
-    monkeypatch.setattr(triton_local, "_INTERPRETED", False)
+    monkeypatch.setattr(triton_common, "INTERPRETED", False)
     with pytest.raises(ValueError, match="CUDA tensors"):
         kernel(q.cpu(), k.cpu(), v.cpu(), kl.cpu(), vl.cpu(), g)
-    monkeypatch.setattr(triton_local, "triton_status", lambda: (False, "triton is not installed"))
+    monkeypatch.setattr(triton_common, "triton_status", lambda: (False, "triton is not installed"))
     with pytest.raises(RuntimeError, match="not installed"):
         kernel(q, k, v, kl, vl, g)
 

@@ -1,0 +1,97 @@
+"""What the Triton kernels share: the guarded ``triton`` import, the backend's status, interpreter detection, the
+launch check, and the jit helpers of the online softmax.
+
+Both kernels (:mod:`.triton_attention`, window attention; :mod:`.triton_local_attention`, super-resolution
+local attention) import ``triton`` and ``tl`` from here, so a missing Triton is handled in one place: the names
+are ``None`` and :func:`triton_status` says why; nothing is defined with ``@triton.jit`` then.
+
+Under ``TRITON_INTERPRET=1`` (read by ``triton.jit`` when a kernel is defined, so it must be set before these
+modules are imported) the kernels run in numpy on CPU tensors: that is how the test suite runs them without a
+GPU (:data:`INTERPRETED`). Two interpreter defects matter for bf16: its ``tl.dot`` multiplies the raw bf16 bit
+patterns as integers, and its fp32 -> bf16 cast truncates where the GPU rounds to nearest even. A kernel
+launched with :func:`upcast_bf16` true works around both (both products in fp32 on the same operands, ``p``
+and the output rounded to the nearest bf16 with :func:`round_to_bf16`), which gives the numerics of the
+tensor-core path; the compiled GPU kernels never take that branch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the registry reports the backend as unavailable
+    triton = None
+    tl = None
+
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+"""The dtypes the Triton kernels take (scores, softmax state and accumulators are fp32 in every case)."""
+
+
+def triton_status() -> tuple[bool, str]:
+    """Whether the Triton package is importable here, and its version (or why not)."""
+    if triton is None:
+        return False, "triton is not installed"
+    return True, f"triton {triton.__version__}"
+
+
+if triton is not None:
+
+    @triton.jit
+    def round_to_bf16(x):
+        """fp32 -> the nearest bf16 value (ties to even), kept in fp32. Only the interpreter needs it: its
+        fp32 -> bf16 cast truncates, where the GPU's rounds to nearest."""
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def online_softmax_update(acc, m_i, l_i, s, v_ptrs, v_mask,
+                              EXP2: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+        """Folds one key tile into the online softmax (shared by the window and the local-attention kernels).
+
+        ``s`` [M, N] are the tile's scores, ``-inf`` where not visible (base 2 when ``EXP2``, else base e);
+        ``acc`` [M, D], ``m_i`` and ``l_i`` [M] the fp32 state. V [N, D] is loaded here; ``p`` is cast to its
+        dtype for the ``p @ v`` product (IEEE-precision dot when ``IEEE``). ``UPCAST`` (the interpreter with
+        bf16 inputs, whose ``tl.dot`` multiplies bf16 bit patterns as integers) runs the product in fp32 with
+        ``p`` rounded to the nearest bf16 first: the numerics of the tensor-core path."""
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a query that has seen nothing yet
+        if EXP2:
+            p = tl.exp2(s - m_safe[:, None])
+            alpha = tl.exp2(m_i - m_safe)
+        else:
+            p = tl.exp(s - m_safe[:, None])
+            alpha = tl.exp(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_ptrs, mask=v_mask, other=0.0)  # [N, D]
+        if UPCAST:
+            pv = tl.dot(round_to_bf16(p), v.to(tl.float32), input_precision="ieee")
+        elif IEEE:
+            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            pv = tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + pv
+        return acc, m_new, l_i
+
+    INTERPRETED = not isinstance(online_softmax_update, triton.runtime.JITFunction)
+    """Whether ``triton.jit`` built interpreted functions (``TRITON_INTERPRET=1`` at import): kernels run on CPU."""
+else:
+    INTERPRETED = False
+
+
+def upcast_bf16(dtype: torch.dtype) -> bool:
+    """Whether a launch on ``dtype`` inputs takes the kernels' ``UPCAST`` branch: bf16 in the interpreter."""
+    return INTERPRETED and dtype == torch.bfloat16
+
+
+def check_launch(q: torch.Tensor, what: str = "triton backend") -> None:
+    """Raise unless a Triton kernel can run on ``q``'s device here: ``RuntimeError`` without Triton,
+    ``ValueError`` for non-CUDA tensors outside the interpreter."""
+    available, why = triton_status()
+    if not available:
+        raise RuntimeError(f"the {what} is unavailable: {why}")
+    if not q.is_cuda and not INTERPRETED:
+        raise ValueError(f"the {what} needs CUDA tensors, got {q.device} (or TRITON_INTERPRET=1 set before "
+                         "cogvideo_engine.kernels.triton_common is imported, to run it on CPU)")

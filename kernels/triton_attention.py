@@ -15,7 +15,10 @@ guard and the interpreter handling come from :mod:`.triton_common`; :mod:`.ops` 
 :func:`window_attention_triton` as ``torch.ops.cogvideo_engine.window_attention_triton``.
 
 Triton semantics used here are common to Triton 3.6 and later. Under ``TRITON_INTERPRET=1`` the kernel runs
-on CPU tensors (slowly), which is how the test suite checks it without a GPU.
+on CPU tensors (slowly), which is how the test suite checks it without a GPU; bf16 inputs then take the
+``UPCAST`` branch (:func:`.triton_common.upcast_bf16`: both products in fp32 on the bf16 operands, ``p`` and
+the output rounded to the nearest bf16), which works around the interpreter's bf16 ``tl.dot`` and truncating
+cast and gives the numerics of the GPU's tensor-core path. The compiled GPU kernel never takes that branch.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 
 from .layout import AttentionRule
 from .reference import check_window_inputs
-from .triton_common import KERNEL_DTYPES, check_launch, online_softmax_update, tl, triton
+from .triton_common import KERNEL_DTYPES, check_launch, online_softmax_update, round_to_bf16, tl, triton, upcast_bf16
 
 HEAD_DIMS = (16, 32, 64, 128)
 """Head dims this kernel takes (one register tile of the whole head)."""
@@ -70,16 +73,23 @@ if triton is not None:
 
     @triton.jit
     def _online_softmax_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, kv_mask, visible, bias, sm_scale,
-                             IEEE: tl.constexpr):
+                             IEEE: tl.constexpr, UPCAST: tl.constexpr):
+        """One key tile: scores ``q . k`` in fp32, scaled, biased, masked, folded into the online softmax.
+
+        ``UPCAST`` (the interpreter with bf16 inputs) runs both products in fp32 on the same operands (bf16
+        values are exact in fp32; ``p`` is rounded to the nearest bf16 in the update), as the local kernel does:
+        the numerics of the tensor-core path."""
         k = tl.load(k_ptrs, mask=kv_mask[None, :], other=0.0)  # [D, N]
-        if IEEE:  # noqa: SIM108  (a constexpr branch: Triton compiles only the taken side)
+        if UPCAST:
+            s = tl.dot(q.to(tl.float32), k.to(tl.float32), input_precision="ieee")
+        elif IEEE:
             s = tl.dot(q, k, input_precision="ieee")
         else:
             s = tl.dot(q, k)
         s = s * sm_scale + bias
         s = tl.where(visible, s, float("-inf"))
         return online_softmax_update(acc, m_i, l_i, s, v_ptrs, kv_mask[:, None],
-                                     EXP2=False, IEEE=IEEE, UPCAST=False)
+                                     EXP2=False, IEEE=IEEE, UPCAST=UPCAST)
 
     @triton.jit
     def _window_attention_kernel(
@@ -93,7 +103,7 @@ if triton is not None:
             TEMPORAL: tl.constexpr, WINDOWED: tl.constexpr, BIDIR_GIVEN: tl.constexpr,
             GRID: tl.constexpr, WINDOW: tl.constexpr, SHIFT: tl.constexpr, NUM_SLOTS: tl.constexpr,
             FRAME_LEN: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-            IEEE: tl.constexpr):
+            IEEE: tl.constexpr, UPCAST: tl.constexpr):
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // num_heads
@@ -139,7 +149,7 @@ if triton is not None:
             k_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
             v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
             acc, m_i, l_i = _online_softmax_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, key_ok, visible,
-                                                 row_bias[:, None], sm_scale, IEEE)
+                                                 row_bias[:, None], sm_scale, IEEE, UPCAST)
 
         # frame keys, slot by slot; a tile is loaded only if some query of the block sees it
         for slot in tl.static_range(NUM_SLOTS):
@@ -156,10 +166,12 @@ if triton is not None:
                     k_ptrs = k_base + rows[None, :] * stride_kn + offs_d[:, None] * stride_kd
                     v_ptrs = v_base + rows[:, None] * stride_vn + offs_d[None, :] * stride_vd
                     acc, m_i, l_i = _online_softmax_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, key_ok, visible,
-                                                         0.0, sm_scale, IEEE)
+                                                         0.0, sm_scale, IEEE, UPCAST)
 
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
         out = acc / l_safe[:, None]
+        if UPCAST:
+            out = round_to_bf16(out)  # then the (truncating) interpreter cast below is exact
         o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
         tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=in_range[:, None])
 
@@ -201,5 +213,5 @@ def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
         h, n_q, rule.text_capacity, rule.pass_.num_given, 1.0 / math.sqrt(d),
         TEMPORAL=rule.temporal, WINDOWED=rule.windowed, BIDIR_GIVEN=rule.bidirectional_given,
         GRID=g.grid, WINDOW=g.window, SHIFT=rule.shift, NUM_SLOTS=rule.cache_slots, FRAME_LEN=g.frame_len,
-        HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, IEEE=q.dtype == torch.float32)
+        HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, IEEE=q.dtype == torch.float32, UPCAST=upcast_bf16(q.dtype))
     return out

@@ -1,4 +1,9 @@
-"""The fused Triton kernel against the reference twin, over the shared rule cases (interpreter on CPU)."""
+"""The fused Triton kernel against the reference twin, over the shared rule cases (interpreter on CPU).
+
+bf16 runs here too: under the interpreter the kernel takes its fp32-emulated path (``triton_common.upcast_bf16``:
+both products in fp32 on the bf16 operands, ``p`` and the output rounded to the nearest bf16), whose numerics
+are those of the tensor-core path the gpu-marked tests run.
+"""
 
 import pytest
 import torch
@@ -21,7 +26,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA dev
 
 
 @pytest.mark.parametrize("pass_,channel,parity", RULE_CASES, ids=RULE_IDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
 def test_every_position_of_every_rule(pass_, channel, parity, dtype):
     """Prefill-style: all positions (text rows, given and target rows, every window edge) of 2 sequences
     with different text lengths and text biases sharing a batch."""
@@ -35,6 +40,27 @@ def test_every_position_of_every_rule(pass_, channel, parity, dtype):
 def test_structured_inputs(pass_, channel, parity, fill):
     rule = AttentionRule(pass_, channel, parity, SMALL_GEOMETRY, text_capacity=4)
     check(kernel, rule, all_positions(rule, [4, 2]), [4, 2], [1.4, 1.4], device=DEVICE, fill=fill)
+
+
+@pytest.mark.parametrize("fill", ["ones", "arange"])
+def test_structured_inputs_bf16(fill):
+    rule = AttentionRule(Pass.STAGE2, "temporal", 1, SMALL_GEOMETRY, text_capacity=4)
+    check(kernel, rule, all_positions(rule, [4, 2]), [4, 2], [1.4, 1.4], device=DEVICE, fill=fill,
+          dtype=torch.bfloat16)
+
+
+def test_decode_queries_bf16():
+    """Decode queries (different slots, window edges, a padded query) in bf16, with a head dim of 32."""
+    rule = AttentionRule(Pass.STAGE2, "temporal", 0, SMALL_GEOMETRY, text_capacity=5)
+    out = check(kernel, rule, decode_queries(rule, [5, 2]), [5, 2], [1.4, 0.0], device=DEVICE, d=32,
+                dtype=torch.bfloat16)
+    assert out[1, :, 1].abs().max() == 0
+
+
+@pytest.mark.skipif(not triton_common.INTERPRETED, reason="the bf16 work-around is taken under the interpreter only")
+def test_interpreter_takes_the_bf16_work_around():
+    assert triton_common.upcast_bf16(torch.bfloat16)
+    assert not triton_common.upcast_bf16(torch.float16) and not triton_common.upcast_bf16(torch.float32)
 
 
 @pytest.mark.parametrize("d", [16, 32, pytest.param(64, marks=pytest.mark.compile_heavy),

@@ -1,12 +1,13 @@
-"""The csrc kernels (``cogvideo_engine._C``: C++ CPU and CUDA) behind the window-attention contract and the
-super-resolution local-attention contract (:func:`local_attention_csrc`).
+"""The csrc kernels (``cogvideo_engine._C``: C++ CPU and CUDA) as plain functions: the window-attention
+contract (:func:`window_attention_csrc`) and the super-resolution local-attention contract
+(:func:`local_attention_csrc`).
 
-Window inputs are checked here first with the checks every backend shares (:func:`.reference.check_window_inputs`),
-local ones with :func:`.local_reference.check_local_inputs`; the C++ side checks its own limits (dtypes, head
-dims) and raises ``ValueError`` naming them. Tensors cross into C++ as (data pointer, dtype, shape, strides); CUDA
-launches go on torch's current stream.
-Registered as ``torch.ops.cogvideo_engine.window_attention_csrc`` (custom op + fake) so ``torch.compile``
-and CUDA graphs see one opaque op.
+Inputs are checked here first with the checks every backend shares (:func:`.reference.check_window_inputs`,
+:func:`.local_reference.check_local_inputs`); the C++ side checks its own limits (dtypes, head dims) and
+raises ``ValueError`` naming them. Tensors cross into C++ as (data pointer, dtype, shape, strides); CUDA
+launches go on torch's current stream. :mod:`.ops` registers both functions as ``torch.library`` ops
+(``torch.ops.cogvideo_engine.window_attention_csrc`` and ``local_attention_csrc``); this module imports
+nothing from it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import torch
 from .layout import AttentionRule
 from .local_reference import check_local_inputs
 from .local_rules import LocalGeometry
-from .ops import register_window_attention_op
 from .reference import check_window_inputs
 
 try:
@@ -27,10 +27,14 @@ except ImportError as e:  # pure-Python install, or a build for another Python/t
     _IMPORT_ERROR = str(e)
 
 
-def csrc_status(device_type: str) -> tuple[bool, str]:
-    """Whether the csrc kernel for ``device_type`` can run here, and why (not)."""
+def csrc_status(device_type: str, kernel: str = "window_attention") -> tuple[bool, str]:
+    """Whether the csrc ``kernel`` (``"window_attention"`` or ``"local_attention"``) for ``device_type`` can run
+    here, and why (not)."""
     if _C is None:
         return False, f"the compiled extension cogvideo_engine._C is not available ({_IMPORT_ERROR})"
+    if not hasattr(_C, kernel):
+        return False, (f"cogvideo_engine._C predates the {kernel.replace('_', '-')} kernel: rebuild the extension "
+                       "(pip install -e .)")
     if device_type == "cpu":
         return True, "C++ kernel, OpenMP"
     if not _C.has_cuda():
@@ -52,7 +56,6 @@ def window_attention_csrc(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_i
     fp16 and bf16 and head dims other than 16, 32, 64 and 128 (``ValueError``).
     """
     if _C is None:
-
         raise RuntimeError(f"the csrc backends need cogvideo_engine._C: {_IMPORT_ERROR}")
     rule.require_released_rules(q.device.type)
     check_window_inputs(q, k, v, q_index, text_len, text_bias, rule)
@@ -69,10 +72,6 @@ def window_attention_csrc(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_i
                         rule.pass_.num_given, rule.cache_slots, g.grid, g.window, rule.shift, rule.text_capacity,
                         stream)
     return out
-
-
-window_attention_csrc_op = register_window_attention_op("window_attention_csrc", window_attention_csrc, "csrc")
-"""The csrc kernel through its registered op (same contract as ``reference.window_attention``)."""
 
 
 def local_attention_csrc(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_low: torch.Tensor,

@@ -1,12 +1,19 @@
 """``torch.library`` registrations of the kernels, so ``torch.compile`` and CUDA graphs see opaque ops.
 
-Each kernel becomes ``cogvideo_engine::<name>(q, k, v, q_index, text_len, text_bias, pass, channel,
-layer_parity, grid, window, shift, text_capacity) -> Tensor`` with a fake (meta) implementation returning a
-tensor like ``q``: ``window_attention_triton`` here, ``window_attention_csrc`` in :mod:`.csrc_ops`.
+This module registers every op, and is the only one that does; the kernels themselves are plain functions in
+:mod:`.triton_attention`, :mod:`.triton_local_attention` and :mod:`.csrc_ops`, which import nothing from here.
+Importing this module registers all four ops (a backend missing here still registers; calling it raises the
+backend's own error).
+
+Each window-attention kernel becomes ``cogvideo_engine::<name>(q, k, v, q_index, text_len, text_bias, pass,
+channel, layer_parity, grid, window, shift, text_capacity) -> Tensor`` with a fake (meta) implementation
+returning a tensor like ``q``: ``window_attention_triton`` and ``window_attention_csrc``.
 
 The super-resolution local attention becomes ``cogvideo_engine::<name>(q, k, v, k_low, v_low, grid,
 low_grid, window_rows, window_cols, low_window) -> Tensor``: ``local_attention_triton`` and
 ``local_attention_csrc``.
+
+The ``*_op`` callers here (what :mod:`.registry` hands out) keep the kernels' Python contracts.
 """
 
 from __future__ import annotations
@@ -15,9 +22,12 @@ from collections.abc import Callable
 
 import torch
 
+from .csrc_ops import local_attention_csrc, window_attention_csrc
 from .layout import AttentionRule
 from .local_rules import LocalGeometry
 from .rules import FrameGeometry
+from .triton_attention import window_attention_triton
+from .triton_local_attention import local_attention_triton
 
 KernelFn = Callable[..., torch.Tensor]
 
@@ -58,16 +68,6 @@ def register_window_attention_op(name: str, kernel: KernelFn, backend: str) -> K
     return call
 
 
-def _triton_kernel(q, k, v, q_index, text_len, text_bias, rule):
-    from .triton_attention import window_attention_triton
-
-    return window_attention_triton(q, k, v, q_index, text_len, text_bias, rule)
-
-
-window_attention_triton_op = register_window_attention_op("window_attention_triton", _triton_kernel, "triton")
-"""The Triton kernel through its registered op (same contract as ``reference.window_attention``)."""
-
-
 def register_local_attention_op(name: str, kernel: KernelFn) -> KernelFn:
     """Register ``kernel`` (the ``local_reference.local_attention`` contract) as ``cogvideo_engine::<name>``
     and return a caller with that same contract that goes through the op."""
@@ -89,19 +89,12 @@ def register_local_attention_op(name: str, kernel: KernelFn) -> KernelFn:
     return call
 
 
-def _local_triton_kernel(q, k, v, k_low, v_low, geometry):
-    from .triton_local_attention import local_attention_triton
-
-    return local_attention_triton(q, k, v, k_low, v_low, geometry)
-
-
-def _local_csrc_kernel(q, k, v, k_low, v_low, geometry):
-    from .csrc_ops import local_attention_csrc
-
-    return local_attention_csrc(q, k, v, k_low, v_low, geometry)
-
-
-local_attention_triton_op = register_local_attention_op("local_attention_triton", _local_triton_kernel)
+window_attention_triton_op = register_window_attention_op("window_attention_triton", window_attention_triton,
+                                                         "triton")
+"""The Triton kernel through its registered op (same contract as ``reference.window_attention``)."""
+window_attention_csrc_op = register_window_attention_op("window_attention_csrc", window_attention_csrc, "csrc")
+"""The csrc (C++ CPU / CUDA) kernel through its registered op (same contract as ``reference.window_attention``)."""
+local_attention_triton_op = register_local_attention_op("local_attention_triton", local_attention_triton)
 """The Triton local-attention kernel through its registered op."""
-local_attention_csrc_op = register_local_attention_op("local_attention_csrc", _local_csrc_kernel)
+local_attention_csrc_op = register_local_attention_op("local_attention_csrc", local_attention_csrc)
 """The csrc (C++ CPU / CUDA) local-attention kernel through its registered op."""

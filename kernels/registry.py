@@ -9,6 +9,12 @@ CPU under ``TRITON_INTERPRET=1`` for tests), ``cpu`` and ``cuda`` (the csrc C++/
 The super-resolution model's local attention (the contract of
 :func:`cogvideo_engine.kernels.local_reference.local_attention`) has the same four backends under the same
 names and the same preference: :func:`get_local_backend`.
+
+Dependencies point down: the fused backends handed out are the registered ops of :mod:`.ops` (which imports
+the kernel modules), the reference ones the plain functions of :mod:`.reference` / :mod:`.local_reference`;
+statuses come from :func:`.triton_common.triton_status` and :func:`.csrc_ops.csrc_status`. Those imports sit
+inside the functions, so importing the registry (as the engine's model modules do) loads neither Triton nor
+the extension until a status or a backend is asked for.
 """
 
 from __future__ import annotations
@@ -97,21 +103,16 @@ def get_backend(name: str | None, device: torch.device | str = "cpu") -> WindowA
     if name == "reference":
         from .reference import window_attention
         return window_attention
-    if name == "triton":
-        from .ops import window_attention_triton_op
-        return window_attention_triton_op
-    from .csrc_ops import window_attention_csrc_op
-    return window_attention_csrc_op
+    from . import ops
+    return ops.window_attention_triton_op if name == "triton" else ops.window_attention_csrc_op
 
 
 def _local_status(status: BackendStatus) -> BackendStatus:
     """A window-attention backend's status, narrowed to whether its build has the local-attention kernel."""
     if status.available and status.name in ("cpu", "cuda"):
-        from .csrc_ops import _C
+        from .csrc_ops import csrc_status
 
-        if not hasattr(_C, "local_attention"):
-            return BackendStatus(status.name, False, "cogvideo_engine._C predates the local-attention kernel: "
-                                                     "rebuild the extension (pip install -e .)")
+        return BackendStatus(status.name, *csrc_status(status.name, "local_attention"))
     return status
 
 

@@ -38,8 +38,7 @@ def test_registry_names_and_reasons(monkeypatch):
 def test_op_registration_passes_opcheck(op_name, ready):
     if not ready.available:
         pytest.skip(f"{ready.name} backend: {ready.reason}")
-    import cogvideo_engine.kernels.csrc_ops  # noqa: F401  (registers the csrc op)
-    from cogvideo_engine.kernels.ops import rule_args
+    from cogvideo_engine.kernels.ops import rule_args  # (importing ops registers every op)
 
     rule = AttentionRule(Pass.STAGE2, "temporal", 1, SMALL_GEOMETRY, text_capacity=3)
     q = torch.randn(2, 2, 5, 16)
@@ -138,7 +137,7 @@ def test_gpu_triton_op_in_a_cuda_graph():
 
 @needs_cpu
 def test_fused_backends_refuse_the_windowed_stage1_rules():
-    from cogvideo_engine.kernels.csrc_ops import window_attention_csrc_op
+    from cogvideo_engine.kernels.ops import window_attention_csrc_op
 
     rule = AttentionRule(Pass.STAGE1, "temporal", 1, SMALL_GEOMETRY, text_capacity=3, stage1_windowed=True)
     q = torch.randn(1, 1, 2, 16)

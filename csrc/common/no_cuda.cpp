@@ -3,17 +3,23 @@
 #include "cogvideo/window_attention.h"
 
 namespace cogvideo {
+namespace {
+
+constexpr const char* kNoCuda =
+    "this build of the cogvideo kernels has no CUDA support (built without nvcc, or with COGVIDEO_CUDA=OFF)";
+
+}  // namespace
 
 bool has_cuda() { return false; }
 
 void window_attention_cuda(const TensorView&, const TensorView&, const TensorView&, TensorView&, const QueryInfo&,
                            const AttentionRule&, void*) {
-  throw InvalidArgument("this build of the cogvideo kernels has no CUDA support (nvcc was not found)");
+  throw InvalidArgument(kNoCuda);
 }
 
 void local_attention_cuda(const TensorView&, const TensorView&, const TensorView&, const TensorView&, const TensorView&,
                           TensorView&, const LocalGeometry&, void*) {
-  throw InvalidArgument("this build of the cogvideo kernels has no CUDA support (nvcc was not found)");
+  throw InvalidArgument(kNoCuda);
 }
 
 }  // namespace cogvideo

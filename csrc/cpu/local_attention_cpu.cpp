@@ -1,8 +1,11 @@
-// CPU super-resolution local attention: queries vectorised 16 columns at a time, K staged as transposed panels.
+// CPU super-resolution local attention: queries vectorised L columns at a time (L = kLanes, the register width
+// of the instruction set: 16 with AVX-512, 8 with AVX2, 4 with SSE2), K staged as transposed panels.
+// Compiled once per instruction-set variant (isa.h) into cogvideo::cpu_<isa>::local_attention; the entry point
+// local_attention_cpu (dispatch.cpp) checks the inputs and calls the variant chosen for this CPU.
 //
 // The key at window offset (dr, dc) of the query (r, c) is the high-resolution cell (r + dr, c + dc), and the
-// low-resolution one is (r / ratio + dr, c / ratio + dc). So for 16 queries (r, c0 .. c0 + 15) of one frame
-// row and one offset, the keys are 16 consecutive columns of one key row -- after expanding every
+// low-resolution one is (r / ratio + dr, c / ratio + dc). So for L queries (r, c0 .. c0 + L - 1) of one frame
+// row and one offset, the keys are L consecutive columns of one key row -- after expanding every
 // low-resolution row to the high-resolution width (column x holds low cell x / ratio), the low offset dc is a
 // shift of dc * ratio columns, with the same in-frame test 0 <= c + shift < grid.
 //
@@ -10,7 +13,7 @@
 //   1. K rows are staged as "panels" [d][pad | grid columns | pad] (transposed, zero pads), lazily as the
 //      query row advances; V rows are read in place (fp32) or staged row-major in fp32 (fp16/bf16).
 //   2. Per query row: q transposed to [d][columns] and scaled by 1 / sqrt(d); per key row (panel) and block
-//      of 16 columns the scores of the row's offsets are 16-lane FMAs over d (one vector per offset), with
+//      of L columns the scores of the row's offsets are L-lane FMAs over d (one vector per offset), with
 //      -inf from a column mask outside the frame; one softmax per column over all offsets of both windows.
 //   3. out[c] = sum over the in-frame offsets of p * V row (D-wide vectors), a few adjacent columns at a time
 //      so each V row they share is loaded once; normalised and written in the input dtype.
@@ -18,11 +21,10 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <string>
 #include <vector>
 
-#if defined(__F16C__)
-#include <immintrin.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>  // the F16C conversions, used where the variant has them (COGVIDEO_CPU_HAS_F16C)
 #endif
 
 #include "cogvideo/dtype_convert.h"
@@ -32,13 +34,18 @@
 #include <omp.h>
 #endif
 
-// The 16-lane vector types are internal (anonymous namespace): no ABI crosses them, whatever -march says.
+#include "isa.h"  // after every other header: the instruction set of this variant applies to the code below
+
+// The L-lane vector types are internal (anonymous namespace): no ABI crosses them, whatever the ISA.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
+COGVIDEO_CPU_TARGET_BEGIN
 namespace cogvideo {
+namespace COGVIDEO_CPU_NS {
 namespace {
 
-constexpr int kLanes = 16;     // query columns per vector
+// query columns per vector: the variant's register width (isa.h), 16 with AVX-512, 8 with AVX2, 4 with SSE2
+constexpr int kLanes = COGVIDEO_CPU_VECTOR_BYTES / static_cast<int>(sizeof(float));
 constexpr int kMaxShifts = 8;  // window offsets of one key row per micro-kernel pass
 
 typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
@@ -56,7 +63,7 @@ inline vf splat(float x) { return vf{} + x; }
 
 inline vf vmax(const vf& a, const vf& b) { return a > b ? a : b; }
 
-// exp(x) for x <= 0 (scores minus the row max), 16 lanes: Cephes-style range reduction and polynomial, about
+// exp(x) for x <= 0 (scores minus the row max), L lanes: Cephes-style range reduction and polynomial, about
 // 1e-7 relative error; x < -87 (and -inf, NaN) gives 0.
 inline vf exp_nonpositive(const vf& x) {
   const vf lo = splat(-87.0f);
@@ -101,7 +108,7 @@ inline void load_row(const void* base, int64_t offset, DType dt, int n, float* d
     default: {
       const uint16_t* src = static_cast<const uint16_t*>(base) + offset;
       int i = 0;
-#if defined(__F16C__)
+#if COGVIDEO_CPU_HAS_F16C
       for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
 #endif
@@ -126,7 +133,7 @@ inline void store_row(void* base, int64_t offset, DType dt, int n, const float* 
     default: {
       uint16_t* dst = static_cast<uint16_t*>(base) + offset;
       int i = 0;
-#if defined(__F16C__)
+#if COGVIDEO_CPU_HAS_F16C
       for (; i + 8 <= n; i += 8)
         _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
                          _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
@@ -134,20 +141,6 @@ inline void store_row(void* base, int64_t offset, DType dt, int n, const float* 
       for (; i < n; ++i) dst[i] = float_to_half(src[i]);
       break;
     }
-  }
-}
-
-std::string shape_str(const TensorView& t) {
-  std::string s = "[";
-  for (int i = 0; i < t.ndim; ++i) s += (i ? ", " : "") + std::to_string(t.shape[i]);
-  return s + "]";
-}
-
-const char* dtype_name(DType dt) {
-  switch (dt) {
-    case DType::kFloat32: return "float32";
-    case DType::kFloat16: return "float16";
-    default: return "bfloat16";
   }
 }
 
@@ -222,7 +215,7 @@ void make_panel(const float* cells, int count, const Plan& p, int ratio, float* 
   }
 }
 
-// Scores of NS offsets of one key row for 16 query columns: sc[s * width_q + lane] = q_t . panel shifted by
+// Scores of NS offsets of one key row for L query columns: sc[s * width_q + lane] = q_t . panel shifted by
 // keys[s].shift, + the column mask (-inf outside the frame).
 template <int D, int NS>
 inline void scores_block(const float* q_t, int width_q, const float* panel, int width, const Key* keys,
@@ -341,7 +334,9 @@ __attribute__((noinline)) void pv_group(const Plan& p, const QueryRow& qr, const
 template <int D>
 void finish_row(const Plan& p, QueryRow& qr, const VSource& vs, TensorView& out, int64_t row_offset) {
   const int num_keys = static_cast<int>(qr.keys.size()), wq = p.width_q;
-  constexpr int kGroup = D >= 256 ? 1 : D >= 128 ? 2 : 4;  // columns per P V pass (accumulators in registers)
+  // columns per P V pass: their D / kLanes accumulators each take half the vector registers at most
+  // (with AVX-512: 4 columns for d <= 64, 2 for 128, 1 for 256)
+  constexpr int kGroup = std::max(1, COGVIDEO_CPU_VECTOR_REGS / 2 / (D / kLanes));
   for (int c0 = 0; c0 < p.grid; c0 += kLanes) {
     float* sc = qr.scores + c0;
     vf mx = splat(-std::numeric_limits<float>::infinity());
@@ -485,57 +480,9 @@ void run_all(const Args& a) {
 
 }  // namespace
 
-void validate_local(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& k_low,
-                    const TensorView& v_low, const TensorView& out, const LocalGeometry& g) {
-  if (g.grid <= 0 || g.low_grid <= 0 || g.window_rows <= 0 || g.window_cols <= 0 || g.low_window <= 0)
-    throw InvalidArgument(
-        "local geometry: grid, low_grid, window_rows, window_cols and low_window must be positive");
-  if (g.grid > 32768) throw InvalidArgument("local geometry: grid " + std::to_string(g.grid) + " exceeds 32768");
-  if (g.grid % g.low_grid != 0)
-    throw InvalidArgument("local geometry: grid " + std::to_string(g.grid) + " must be a multiple of low_grid " +
-                          std::to_string(g.low_grid));
-  const struct {
-    const char* name;
-    int value;
-  } windows[] = {{"window_rows", g.window_rows}, {"window_cols", g.window_cols}, {"low_window", g.low_window}};
-  for (const auto& w : windows)
-    if (w.value % 2 == 0)
-      throw InvalidArgument(std::string("local geometry: ") + w.name +
-                            " must be odd (a window centred on the query), got " + std::to_string(w.value));
-
-  const struct {
-    const char* name;
-    const TensorView* t;
-    int64_t rows;
-  } tensors[] = {{"q", &q, g.num_queries()}, {"k", &k, g.num_queries()}, {"v", &v, g.num_queries()},
-                 {"k_low", &k_low, g.num_low()}, {"v_low", &v_low, g.num_low()}, {"out", &out, g.num_queries()}};
-  for (const auto& e : tensors)
-    if (e.t->ndim != 4)
-      throw InvalidArgument(std::string(e.name) + " must be 4-D [B, H, rows, d], got " + shape_str(*e.t));
-  const int64_t d = q.shape[3];
-  if (d != 16 && d != 32 && d != 64 && d != 128 && d != 256)
-    throw InvalidArgument("head dim " + std::to_string(d) + " is not supported (16, 32, 64, 128 or 256)");
-  for (const auto& e : tensors) {
-    const TensorView& t = *e.t;
-    if (t.dtype != q.dtype)
-      throw InvalidArgument(std::string(e.name) + " is " + dtype_name(t.dtype) + " but q is " + dtype_name(q.dtype) +
-                            ": q, k, v, k_low, v_low and out must share one dtype");
-    if (t.shape[0] != q.shape[0] || t.shape[1] != q.shape[1] || t.shape[2] != e.rows || t.shape[3] != d)
-      throw InvalidArgument(std::string(e.name) + " must be [B=" + std::to_string(q.shape[0]) +
-                            ", H=" + std::to_string(q.shape[1]) + ", " + std::to_string(e.rows) +
-                            (e.rows == g.num_queries() ? " (grid^2)" : " (low_grid^2)") + ", d=" + std::to_string(d) +
-                            "], got " + shape_str(t));
-    if (t.stride[3] != 1)
-      throw InvalidArgument(std::string(e.name) + "'s last dimension must be contiguous (stride 1), got stride " +
-                            std::to_string(t.stride[3]));
-    if (t.data == nullptr && t.shape[0] * t.shape[1] > 0)
-      throw InvalidArgument(std::string(e.name) + " has a null data pointer");
-  }
-}
-
-void local_attention_cpu(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& k_low,
-                         const TensorView& v_low, TensorView& out, const LocalGeometry& geometry) {
-  validate_local(q, k, v, k_low, v_low, out, geometry);
+// Inputs checked by the entry point (dispatch.cpp: local_attention_cpu).
+void local_attention(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& k_low,
+                     const TensorView& v_low, TensorView& out, const LocalGeometry& geometry) {
   Args a{&q, &k, &v, &k_low, &v_low, &out, Plan{}};
   Plan& p = a.plan;
   p.grid = geometry.grid;
@@ -559,4 +506,6 @@ void local_attention_cpu(const TensorView& q, const TensorView& k, const TensorV
   }
 }
 
+}  // namespace COGVIDEO_CPU_NS
 }  // namespace cogvideo
+COGVIDEO_CPU_TARGET_END

@@ -1,4 +1,6 @@
-// CPU window attention: queries tiled by shared key set, K/V packed per tile, fp32 math, OpenMP.
+// CPU window attention: queries tiled by shared key set, K/V packed per tile, fp32 math, OpenMP. Compiled once
+// per instruction-set variant (isa.h) into cogvideo::cpu_<isa>::window_attention; the entry point
+// window_attention_cpu (dispatch.cpp) checks the inputs and calls the variant chosen for this CPU.
 //
 // 1. Per sequence, valid queries are ordered by their rule group (rules.h: query_group) -- e.g. all stage-2
 //    given rows of one cyclic window -- so a tile of up to kTileM queries shares almost all of its keys.
@@ -21,7 +23,11 @@
 #include <omp.h>
 #endif
 
+#include "isa.h"  // after every other header: the instruction set of this variant applies to the code below
+
+COGVIDEO_CPU_TARGET_BEGIN
 namespace cogvideo {
+namespace COGVIDEO_CPU_NS {
 namespace {
 
 constexpr int kTileM = 320;        // queries per tile of a bidirectional group (one key set for all)
@@ -344,15 +350,9 @@ void zero_output(TensorView& out) {
 
 }  // namespace
 
-void window_attention_cpu(const TensorView& q, const TensorView& k, const TensorView& v, TensorView& out,
-                          const QueryInfo& info, const AttentionRule& rule) {
-  validate(q, k, v, out, rule);
-  if (info.q_index == nullptr || info.text_len == nullptr || info.text_bias == nullptr)
-    throw InvalidArgument("q_index, text_len and text_bias must be given");
-  for (int64_t b = 0; b < q.shape[0]; ++b)
-    if (info.text_len[b] < 1 || info.text_len[b] > rule.text_capacity)
-      throw InvalidArgument("text_len[" + std::to_string(b) + "] = " + std::to_string(info.text_len[b]) +
-                            " must lie in 1..text_capacity (" + std::to_string(rule.text_capacity) + ")");
+// Inputs checked by the entry point (dispatch.cpp: window_attention_cpu).
+void window_attention(const TensorView& q, const TensorView& k, const TensorView& v, TensorView& out,
+                      const QueryInfo& info, const AttentionRule& rule) {
   zero_output(out);  // padded queries and rows that see nothing
   const std::vector<Tile> tiles = plan_tiles(q, info, rule);
   switch (q.shape[3]) {
@@ -363,4 +363,6 @@ void window_attention_cpu(const TensorView& q, const TensorView& k, const Tensor
   }
 }
 
+}  // namespace COGVIDEO_CPU_NS
 }  // namespace cogvideo
+COGVIDEO_CPU_TARGET_END

@@ -7,8 +7,13 @@
 #include <tuple>
 #include <vector>
 
+#include "cogvideo/cpu_isa.h"
 #include "cogvideo/local_attention.h"
 #include "cogvideo/window_attention.h"
+
+#ifndef COGVIDEO_VERSION
+#define COGVIDEO_VERSION "unknown"
+#endif
 
 namespace py = pybind11;
 using cogvideo::AttentionRule;
@@ -99,8 +104,17 @@ void local_attention(const std::string& device, const TensorArg& q, const Tensor
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "CogVideo fused window-attention kernels (C++ CPU and CUDA), without libtorch.";
+  m.doc() = "CogVideo fused window-attention and local-attention kernels (C++ CPU and CUDA), without libtorch.";
+  m.attr("__version__") = COGVIDEO_VERSION;  // the package version this extension was built from
   m.def("has_cuda", &cogvideo::has_cuda, "Whether the library was built with the CUDA kernel.");
+  cogvideo::cpu_isa();  // the CPU kernel variant is chosen here, at import (COGVIDEO_CPU_ISA is read now)
+  m.def("cpu_isa", []() { return std::string(cogvideo::cpu_isa()); },
+        "The instruction-set variant the CPU kernels run: 'avx512', 'avx2', 'baseline' (x86-64 builds pick the "
+        "best the CPU supports at import; COGVIDEO_CPU_ISA=<name> asks for a lower one) or 'native' "
+        "(a COGVIDEO_NATIVE=1 build).");
+  m.def("cpu_isas", &cogvideo::cpu_isas, "The CPU kernel variants of this build that this CPU can run, best first.");
+  m.def("set_cpu_isa", &cogvideo::set_cpu_isa, py::arg("name"),
+        "Runs the CPU kernels with variant `name` (one of cpu_isas()) from now on; for tests and benchmarks.");
   m.def("window_attention", &window_attention, py::arg("device"), py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("out"), py::arg("q_index"), py::arg("q_index_stride0"), py::arg("q_index_stride1"),
         py::arg("text_len"), py::arg("text_bias"), py::arg("temporal"), py::arg("windowed"),

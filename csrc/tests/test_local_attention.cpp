@@ -1,7 +1,8 @@
 // C++ test of the CPU local-attention kernel without Python: against a naive per-query loop over every
 // high- and low-resolution cell (visibility tested cell by cell, double precision), for several geometries
 // (edges on every side, ratios 1..3, widths beyond one 16-column vector), fp32, fp16 and bf16 inputs,
-// strided (non-contiguous) views, and the errors that name their constraint.
+// strided (non-contiguous) views, in every CPU kernel variant (instruction set) this build and CPU can run, and
+// the errors that name their constraint.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -213,14 +214,16 @@ int main() {
       geometry(21, 7, 9, 5, 5),    // wider than one 16-column vector, grid not a multiple of 16
       geometry(4, 2, 15, 11, 7),   // windows wider than the frame
   };
-  for (const LocalGeometry& g : geometries) {
-    run_case(g, DType::kFloat32, 16, 0, 2e-5);
-    run_case(g, DType::kBFloat16, 32, 0, 3e-2);
-    run_case(g, DType::kFloat16, 16, 0, 4e-3);
-  }
-  run_case(geometries[1], DType::kFloat32, 64, 8, 2e-5);
-  run_case(geometries[4], DType::kFloat16, 128, 16, 4e-3);
-  run_case(geometries[2], DType::kFloat32, 256, 0, 2e-5);
+  for_each_cpu_isa([&] {
+    for (const LocalGeometry& g : geometries) {
+      run_case(g, DType::kFloat32, 16, 0, 2e-5);
+      run_case(g, DType::kBFloat16, 32, 0, 3e-2);
+      run_case(g, DType::kFloat16, 16, 0, 4e-3);
+    }
+    run_case(geometries[1], DType::kFloat32, 64, 8, 2e-5);
+    run_case(geometries[4], DType::kFloat16, 128, 16, 4e-3);
+    run_case(geometries[2], DType::kFloat32, 256, 0, 2e-5);
+  });
 
   // errors name their constraint
   std::vector<float> buf(2 * 36 * 64, 0.0f);

@@ -5,17 +5,49 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 #include <string>
+#include <vector>
+
+#include "cogvideo/cpu_isa.h"
 
 namespace cogvideo_test {
 
 inline int failures = 0;
+inline std::string context;  // the CPU kernel variant under test, in every failure message
 
 inline void expect(bool ok, const std::string& what) {
   if (!ok) {
-    std::printf("FAIL: %s\n", what.c_str());
+    std::printf("FAIL%s: %s\n", context.empty() ? "" : (" [" + context + "]").c_str(), what.c_str());
     ++failures;
+  }
+}
+
+// Runs `body` once per CPU kernel variant this build and CPU can run (cogvideo/cpu_isa.h), each selected in
+// turn; then restores the variant chosen at start-up. Checks the dispatch itself on the way.
+template <typename Body>
+void for_each_cpu_isa(Body body) {
+  const std::string chosen = cogvideo::cpu_isa();
+  const std::vector<std::string> isas = cogvideo::cpu_isas();
+  const char* asked = std::getenv("COGVIDEO_CPU_ISA");
+  expect(!isas.empty() && (isas.front() == chosen || (asked != nullptr && *asked != '\0')),
+         "the variant chosen at start-up (" + chosen + ") is the best listed, as COGVIDEO_CPU_ISA is not set");
+  for (const std::string& isa : isas) {
+    cogvideo::set_cpu_isa(isa);
+    expect(cogvideo::cpu_isa() == isa, "set_cpu_isa(" + isa + ") selects it");
+    context = isa;
+    std::printf("CPU kernel variant %s\n", isa.c_str());
+    body();
+  }
+  context.clear();
+  cogvideo::set_cpu_isa(chosen);
+  try {
+    cogvideo::set_cpu_isa("no-such-isa");
+    expect(false, "set_cpu_isa refuses an unknown variant");
+  } catch (const std::invalid_argument& e) {
+    expect(std::string(e.what()).find("no-such-isa") != std::string::npos, "the refusal names the variant");
   }
 }
 

@@ -1,5 +1,6 @@
 // C++ test of the CPU kernel without Python: against a brute-force dense attention over every cache row,
-// for each rule (spatial / stage-1 temporal / stage-2 temporal on both parities), fp32 and bf16.
+// for each rule (spatial / stage-1 temporal / stage-2 temporal on both parities), fp32 and bf16, in every CPU
+// kernel variant (instruction set) this build and CPU can run.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -166,16 +167,18 @@ int main() {
   expect(sees_frame_key(target44, 2, cell_of(0, real), real) && !sees_frame_key(target44, 2, cell_of(105, real), real),
          "clamped window: (4,4) sees (0,0), not (5,5)");
 
-  for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
-    const bool f32 = dt == DType::kFloat32;
-    const double tol = f32 ? 2e-5 : 2e-2;
-    run_case(f32 ? "first frame spatial fp32" : "first frame spatial bf16", first_frame, dt, tol);
-    run_case(f32 ? "stage1 spatial fp32" : "stage1 spatial bf16", stage1_spatial, dt, tol);
-    run_case(f32 ? "stage1 temporal fp32" : "stage1 temporal bf16", stage1_temporal, dt, tol);
-    run_case(f32 ? "stage2 spatial fp32" : "stage2 spatial bf16", stage2_spatial, dt, tol);
-    run_case(f32 ? "stage2 temporal even fp32" : "stage2 temporal even bf16", stage2_even, dt, tol);
-    run_case(f32 ? "stage2 temporal odd fp32" : "stage2 temporal odd bf16", stage2_odd, dt, tol);
-  }
+  for_each_cpu_isa([&] {
+    for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
+      const bool f32 = dt == DType::kFloat32;
+      const double tol = f32 ? 2e-5 : 2e-2;
+      run_case(f32 ? "first frame spatial fp32" : "first frame spatial bf16", first_frame, dt, tol);
+      run_case(f32 ? "stage1 spatial fp32" : "stage1 spatial bf16", stage1_spatial, dt, tol);
+      run_case(f32 ? "stage1 temporal fp32" : "stage1 temporal bf16", stage1_temporal, dt, tol);
+      run_case(f32 ? "stage2 spatial fp32" : "stage2 spatial bf16", stage2_spatial, dt, tol);
+      run_case(f32 ? "stage2 temporal even fp32" : "stage2 temporal even bf16", stage2_even, dt, tol);
+      run_case(f32 ? "stage2 temporal odd fp32" : "stage2 temporal odd bf16", stage2_odd, dt, tol);
+    }
+  });
 
   // errors name their constraint
   try {

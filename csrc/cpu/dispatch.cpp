@@ -1,0 +1,153 @@
+// The CPU entry points: check the inputs (once, in baseline code), then run the kernels of the instruction-set
+// variant chosen for this CPU (cogvideo/cpu_isa.h). CMake defines COGVIDEO_HAVE_CPU_<NAME> for each variant it
+// compiled (csrc/cpu/isa.h).
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "cogvideo/cpu_isa.h"
+#include "cogvideo/local_attention.h"
+#include "cogvideo/window_attention.h"
+
+namespace cogvideo {
+
+// The kernels of one variant (window_attention_cpu.cpp and local_attention_cpu.cpp in namespace cpu_<name>),
+// called with checked inputs.
+#define COGVIDEO_DECLARE_CPU_VARIANT(ns)                                                                      \
+  namespace ns {                                                                                              \
+  void window_attention(const TensorView& q, const TensorView& k, const TensorView& v, TensorView& out,       \
+                        const QueryInfo& info, const AttentionRule& rule);                                    \
+  void local_attention(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& k_low, \
+                       const TensorView& v_low, TensorView& out, const LocalGeometry& geometry);              \
+  }
+
+#ifdef COGVIDEO_HAVE_CPU_NATIVE
+COGVIDEO_DECLARE_CPU_VARIANT(cpu_native)
+#endif
+#ifdef COGVIDEO_HAVE_CPU_AVX512
+COGVIDEO_DECLARE_CPU_VARIANT(cpu_avx512)
+#endif
+#ifdef COGVIDEO_HAVE_CPU_AVX2
+COGVIDEO_DECLARE_CPU_VARIANT(cpu_avx2)
+#endif
+#ifdef COGVIDEO_HAVE_CPU_BASELINE
+COGVIDEO_DECLARE_CPU_VARIANT(cpu_baseline)
+#endif
+
+namespace {
+
+struct Variant {
+  const char* name;
+  bool (*supported)();
+  decltype(&window_attention_cpu) window;
+  decltype(&local_attention_cpu) local;
+};
+
+[[maybe_unused]] bool always() { return true; }
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// The psABI levels the variants are compiled for (isa.h); libgcc also checks that the OS saves the AVX state.
+[[maybe_unused]] bool x86_64_v3() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("x86-64-v3");
+}
+[[maybe_unused]] bool x86_64_v4() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("x86-64-v4");
+}
+#endif
+
+// Best first.
+const Variant kVariants[] = {
+#ifdef COGVIDEO_HAVE_CPU_NATIVE
+    {"native", always, cpu_native::window_attention, cpu_native::local_attention},
+#endif
+#ifdef COGVIDEO_HAVE_CPU_AVX512
+    {"avx512", x86_64_v4, cpu_avx512::window_attention, cpu_avx512::local_attention},
+#endif
+#ifdef COGVIDEO_HAVE_CPU_AVX2
+    {"avx2", x86_64_v3, cpu_avx2::window_attention, cpu_avx2::local_attention},
+#endif
+#ifdef COGVIDEO_HAVE_CPU_BASELINE
+    {"baseline", always, cpu_baseline::window_attention, cpu_baseline::local_attention},
+#endif
+};
+static_assert(sizeof(kVariants) > 0, "no CPU kernel variant compiled (COGVIDEO_HAVE_CPU_<NAME>)");
+
+std::string names(const std::vector<std::string>& list) {
+  std::string s;
+  for (const std::string& n : list) s += (s.empty() ? "" : ", ") + n;
+  return s;
+}
+
+const Variant* find(const std::string& name) {
+  for (const Variant& v : kVariants)
+    if (name == v.name && v.supported()) return &v;
+  return nullptr;
+}
+
+// The best supported variant, or the one COGVIDEO_CPU_ISA names.
+const Variant* pick() {
+  const Variant* best = nullptr;
+  for (const Variant& v : kVariants)
+    if (v.supported()) {
+      best = &v;
+      break;
+    }
+  if (best == nullptr) best = &kVariants[sizeof(kVariants) / sizeof(kVariants[0]) - 1];
+  const char* asked = std::getenv("COGVIDEO_CPU_ISA");
+  if (asked != nullptr && *asked != '\0') {
+    if (const Variant* v = find(asked)) return v;
+    std::fprintf(stderr, "cogvideo: COGVIDEO_CPU_ISA=%s is not one of the CPU kernel variants this build and CPU "
+                 "can run (%s); using %s\n", asked, names(cpu_isas()).c_str(), best->name);
+  }
+  return best;
+}
+
+std::atomic<const Variant*>& current_slot() {
+  static std::atomic<const Variant*> slot{pick()};
+  return slot;
+}
+
+const Variant& current() { return *current_slot().load(std::memory_order_relaxed); }
+
+}  // namespace
+
+const char* cpu_isa() { return current().name; }
+
+std::vector<std::string> cpu_isas() {
+  std::vector<std::string> list;
+  for (const Variant& v : kVariants)
+    if (v.supported()) list.emplace_back(v.name);
+  return list;
+}
+
+void set_cpu_isa(const std::string& name) {
+  const Variant* v = find(name);
+  if (v == nullptr)
+    throw InvalidArgument("CPU kernel variant '" + name + "' is not one this build and CPU can run (" +
+                          names(cpu_isas()) + ")");
+  current_slot().store(v, std::memory_order_relaxed);
+}
+
+void window_attention_cpu(const TensorView& q, const TensorView& k, const TensorView& v, TensorView& out,
+                          const QueryInfo& info, const AttentionRule& rule) {
+  validate(q, k, v, out, rule);
+  if (info.q_index == nullptr || info.text_len == nullptr || info.text_bias == nullptr)
+    throw InvalidArgument("q_index, text_len and text_bias must be given");
+  for (int64_t b = 0; b < q.shape[0]; ++b)
+    if (info.text_len[b] < 1 || info.text_len[b] > rule.text_capacity)
+      throw InvalidArgument("text_len[" + std::to_string(b) + "] = " + std::to_string(info.text_len[b]) +
+                            " must lie in 1..text_capacity (" + std::to_string(rule.text_capacity) + ")");
+  current().window(q, k, v, out, info, rule);
+}
+
+void local_attention_cpu(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& k_low,
+                         const TensorView& v_low, TensorView& out, const LocalGeometry& geometry) {
+  validate_local(q, k, v, k_low, v_low, out, geometry);
+  current().local(q, k, v, k_low, v_low, out, geometry);
+}
+
+}  // namespace cogvideo

@@ -20,13 +20,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cogvideo_engine.config import ModelConfig, tiny_config
-from cogvideo_engine.dsr import DsrConfig, DsrModel
-from cogvideo_engine.generation import generate_pass
-from cogvideo_engine.model import CogVideoModel, init_random_weights
-from cogvideo_engine.runner import ModelRunner, weight_bytes
-from cogvideo_engine.sampler import VIDEO_SAMPLING, ClusterSampler
-from cogvideo_engine.super_resolution import super_resolve
+from cogvideo_engine.models.config import ModelConfig, tiny_config
+from cogvideo_engine.models.config import DsrConfig
+from cogvideo_engine.models.dsr import DsrModel
+from cogvideo_engine.generation.passes import generate_pass
+from cogvideo_engine.models.cogvideo import CogVideoModel
+from cogvideo_engine.models.random_init import init_random_weights
+from cogvideo_engine.generation.runner import ModelRunner, weight_bytes
+from cogvideo_engine.generation.sampler import ClusterSampler
+from cogvideo_engine.generation.settings import TEXT_BIAS, VIDEO_SAMPLING
+from cogvideo_engine.generation.super_resolution import super_resolve
 
 from run_attention import JsonRows, environment
 
@@ -145,7 +148,7 @@ def run_pass(model, stage, text_len, guided, num_targets, schedule, backend, dev
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     out = generate_pass(model, pass_, text, given, num_targets, sampler, VIDEO_SAMPLING, [(0, 0)],
-                        text_bias=0.0 if guided else 1.4, guider_text_ids=guider, schedule=schedule,
+                        text_bias=0.0 if guided else TEXT_BIAS, guider_text_ids=guider, schedule=schedule,
                         boi_id=20099, runner=runner, progress=lambda done, total: step_done.append(time.perf_counter()))
     if device == "cuda":
         torch.cuda.synchronize()

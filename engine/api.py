@@ -18,19 +18,20 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_model
+from . import metrics
 from .checks import (require_bool, require_callable, require_choice, require_int, require_real,
                      require_token_tensor)
-from .dsr import load_dsr_model
-from .export import to_uint8
-from .config import NUM_IMAGE_TOKENS
-from .pipeline import STAGE1_FRAMES, PipelineSettings, check_prompt, stage1_tokens, stage2_tokens
-from .runner import weight_bytes
-from .scheduler import SCHEDULES
-from .sampler import ClusterSampler, PassSampling
-from .super_resolution import SR_PASS, super_resolve
-from .text_tokenizer import TextTokenizer
-from .vq_decoder import load_image_decoder
+from .generation import settings as defaults
+from .generation.pipeline import STAGE1_FRAMES, check_prompt, stage1_tokens, stage2_tokens
+from .generation.runner import weight_bytes
+from .generation.sampler import ClusterSampler, SamplingPass
+from .generation.scheduler import SCHEDULES
+from .generation.settings import PassSampling, PipelineSettings
+from .generation.super_resolution import super_resolve
+from .io.checkpoints import load_dsr_model, load_image_decoder, load_model
+from .io.export import to_uint8
+from .io.tokenizer import TextTokenizer
+from .models.config import NUM_IMAGE_TOKENS
 
 
 class Cancelled(Exception):
@@ -44,21 +45,22 @@ class SamplingParams:
     that depend on the engine's assets (top-k against the number of clusters, super-resolution against the DSR
     checkpoint) are checked by :meth:`Engine.generate` before any compute."""
 
-    seed: int = 1234
+    seed: int = defaults.SEED
     num_samples: int = 1
     only_first_stage: bool = False
-    use_guidance_stage1: bool = True
-    guidance_alpha: float = 3.0
-    temperature: float = 1.05
-    top_k: int = 12  # clusters
-    temperature2: float = 0.89
-    first_frame_temperature: float = 1.0
-    first_frame_top_k: int = 16
-    schedule: str = "wavefront"
-    max_batch: int = 8
+    use_guidance_stage1: bool = defaults.USE_GUIDANCE_STAGE1
+    guidance_alpha: float = defaults.GUIDANCE_ALPHA
+    temperature: float = defaults.VIDEO_SAMPLING.temperature
+    top_k: int = defaults.VIDEO_SAMPLING.top_k  # clusters
+    temperature2: float = defaults.VIDEO_SAMPLING.temperature2
+    """Inside the chosen cluster, for every pass (the shipped first-frame value is the same)."""
+    first_frame_temperature: float = defaults.FIRST_FRAME_SAMPLING.temperature
+    first_frame_top_k: int = defaults.FIRST_FRAME_SAMPLING.top_k
+    schedule: str = defaults.SCHEDULE
+    max_batch: int = defaults.MAX_BATCH
     super_resolution: bool | None = None
     """480x480 output through the DSR model; None: on when the engine's DSR checkpoint was given."""
-    sr_max_batch: int = 12  # frames per super-resolution forward (lowered to what fits in memory)
+    sr_max_batch: int = defaults.SR_MAX_BATCH  # frames per super-resolution forward (lowered to what fits)
 
     def __post_init__(self):
         require_int("seed", self.seed, minimum=0, maximum=2**63 - 1)
@@ -75,12 +77,12 @@ class SamplingParams:
         require_bool("super_resolution", self.super_resolution, optional=True)
         require_int("sr_max_batch", self.sr_max_batch, minimum=1)
 
-    def pipeline_settings(self, boi_id: int) -> PipelineSettings:
+    def pipeline_settings(self) -> PipelineSettings:
         return PipelineSettings(
             first_frame=PassSampling(self.first_frame_temperature, self.first_frame_top_k, self.temperature2),
             video=PassSampling(self.temperature, self.top_k, self.temperature2),
             use_guidance_stage1=self.use_guidance_stage1, guidance_alpha=self.guidance_alpha,
-            max_batch=self.max_batch, schedule=self.schedule, boi_id=boi_id)
+            max_batch=self.max_batch, schedule=self.schedule)
 
 
 @dataclass
@@ -104,20 +106,8 @@ class VideoOutput:
     sr_tokens: torch.Tensor | None = None
 
     def latency_report(self) -> str:
-        lines = [(f"{'phase':16s} {'steps':>6s} {'avg_ms':>8s} {'p50_ms':>8s} {'p90_ms':>8s} {'p99_ms':>8s} "
-                  f"{'tokens/s':>9s} {'weights GB/s':>12s} {'seconds':>8s}")]
-        for phase, r in self.latency.items():
-            if phase == "memory":
-                continue
-            bandwidth = f"{r['weight_gbytes_per_s']:12.2f}" if "weight_gbytes_per_s" in r else f"{'-':>12s}"
-            rate = f"{r['tokens_per_s']:9.1f}" if r["tokens_per_s"] else f"{'-':>9s}"  # decode makes no tokens
-            lines.append(f"{phase:16s} {r['num_steps']:6d} {r['avg_step_ms']:8.2f} {r['p50_step_ms']:8.2f} "
-                         f"{r['p90_step_ms']:8.2f} {r['p99_step_ms']:8.2f} {rate} {bandwidth} {r['seconds']:8.2f}")
-        lines.append("  ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
-        if "memory" in self.latency:
-            mem = self.latency["memory"]
-            lines.append(f"peak memory {mem['peak_bytes'] / 2**20:.0f} MiB ({mem['device']})")
-        return "\n".join(lines)
+        """A table of :attr:`latency` per phase, the stage timings and the peak memory."""
+        return metrics.latency_report(self.latency, self.timings)
 
 
 class Engine:
@@ -179,7 +169,7 @@ class Engine:
 
         Its tiny DSR model super-resolves only when a request asks (``SamplingParams(super_resolution=True)``):
         decoding 480x480 frames on a CPU takes seconds per frame."""
-        from .default_model import default_assets_root
+        from .io.default_assets import default_assets_root
 
         kwargs.setdefault("super_resolution_default", kwargs.get("dsr") is not None)
         return cls.from_pretrained(default_assets_root(), **kwargs)
@@ -253,7 +243,7 @@ class Engine:
             require_token_tensor("stage1_tokens_in", resume, ndim=3, upper=NUM_IMAGE_TOKENS,
                                  shape=(per_prompt[0].num_samples, STAGE1_FRAMES, frame_len))
         for prompt, p in zip(prompts, per_prompt, strict=True):
-            settings = p.pipeline_settings(self.tokenizer.boi_id)
+            settings = p.pipeline_settings()
             want_sr = self._wants_super_resolution(p)
             if want_sr and self.dsr_model is None:
                 raise ValueError("super-resolution needs the cogview2-dsr checkpoint: Engine.from_pretrained(dsr=...)")
@@ -271,7 +261,7 @@ class Engine:
         return self.super_resolution_default if p.super_resolution is None else p.super_resolution
 
     def _generate_one(self, prompt, p: SamplingParams, resume, progress, cancel) -> list[VideoOutput]:
-        settings = p.pipeline_settings(self.tokenizer.boi_id)
+        settings = p.pipeline_settings()
         want_sr = self._wants_super_resolution(p)
         timings: dict[str, float] = {}
         step_times: dict[str, list[float]] = {}
@@ -291,11 +281,11 @@ class Engine:
             return hook
 
         start = time.perf_counter()
-        cuda = torch.cuda.is_available() and self.decoder.std.is_cuda
+        cuda = torch.cuda.is_available() and next(self.decoder.parameters()).is_cuda
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         if resume is None:
-            with _nvtx("cogvideo.stage1", cuda), self._resident(self.stage1_model) as model:
+            with metrics.nvtx_range("cogvideo.stage1", cuda), self._resident(self.stage1_model) as model:
                 frames = stage1_tokens(model, self.tokenizer, prompt, p.num_samples, p.seed,
                                        self.sampler, settings, backend=self.backend, progress=step_hook("stage1"))
         else:
@@ -304,7 +294,7 @@ class Engine:
         fps = 4.0
         if not p.only_first_stage:
             t0 = time.perf_counter()
-            with _nvtx("cogvideo.stage2", cuda), self._resident(self.stage2_model) as model:
+            with metrics.nvtx_range("cogvideo.stage2", cuda), self._resident(self.stage2_model) as model:
                 frames = stage2_tokens(model, self.tokenizer, prompt, frames, p.seed, self.sampler,
                                        settings, backend=self.backend, progress=step_hook("stage2"))
             timings["stage2"] = time.perf_counter() - t0
@@ -314,14 +304,14 @@ class Engine:
         sr_tokens = None
         if want_sr:
             t0 = time.perf_counter()
-            with _nvtx("cogvideo.super_resolution", cuda), self._resident(self.dsr_model):
+            with metrics.nvtx_range("cogvideo.super_resolution", cuda), self._resident(self.dsr_model):
                 sr = self._super_resolve(prompt, frames, p, step_hook("super_resolution"))
             sr_tokens = sr.tokens.reshape(samples, num_frames, -1)
             step_times["super_resolution"] = sr.frame_seconds  # reported per frame, not per batch
             timings["super_resolution"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         decoded, decode_seconds = [], []
-        with _nvtx("cogvideo.decode", cuda):
+        with metrics.nvtx_range("cogvideo.decode", cuda):
             for s in range(samples):
                 t_s = time.perf_counter()
                 decoded.append(self.decode(frames[s] if sr_tokens is None else sr_tokens[s]))
@@ -329,10 +319,11 @@ class Engine:
         step_times["decode"] = decode_seconds
         timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
-        peak = torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes()
+        peak = torch.cuda.max_memory_allocated() if cuda else metrics.peak_rss_bytes()
         frame_len = frames.shape[-1]
-        generated = {"stage1": samples * 5 * frame_len, "stage2": samples * (num_frames - 5) * frame_len}
-        latency = {phase: _latency(times, generated.get(phase, 0), timings[phase])
+        generated = {"stage1": samples * STAGE1_FRAMES * frame_len,
+                     "stage2": samples * (num_frames - STAGE1_FRAMES) * frame_len}
+        latency = {phase: metrics.latency_stats(times, generated.get(phase, 0), timings[phase])
                    for phase, times in step_times.items()}
         for phase, model in (("stage1", self.stage1_model), ("stage2", self.stage2_model)):
             if phase in latency:  # every forward step reads every layer's weights and the logits head once
@@ -362,36 +353,10 @@ class Engine:
     def _super_resolve(self, prompt: str, frames: torch.Tensor, p: SamplingParams, progress):
         """``frames [S, F, 400]`` -> :class:`SuperResolution` of the ``S * F`` frames, keyed by (sample, frame)."""
         samples, num_frames = frames.shape[:2]
-        keys = [(p.seed, s, SR_PASS, 0, f) for s in range(samples) for f in range(num_frames)]
+        keys = [(p.seed, s, SamplingPass.SUPER_RESOLUTION, 0, f) for s in range(samples) for f in range(num_frames)]
         return super_resolve(self.dsr_model, [self.tokenizer.encode(prompt)] * len(keys), frames.flatten(0, 1),
                              self.sampler, keys, self.tokenizer.boi_id, max_batch=p.sr_max_batch,
                              backend=self.backend, progress=progress)
-
-
-@contextlib.contextmanager
-def _nvtx(name: str, enabled: bool):
-    """An NVTX range on CUDA (visible in Nsight Systems); nothing on CPU."""
-    if enabled:
-        torch.cuda.nvtx.range_push(name)
-    try:
-        yield
-    finally:
-        if enabled:
-            torch.cuda.nvtx.range_pop()
-
-
-def _peak_rss_bytes() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
-def _latency(step_seconds: list[float], tokens: int, phase_seconds: float) -> dict:
-    t = torch.tensor(step_seconds, dtype=torch.float64) * 1e3
-    q = torch.quantile(t, torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64)).tolist()
-    return {"num_steps": len(step_seconds), "avg_step_ms": float(t.mean()), "p50_step_ms": q[0],
-            "p90_step_ms": q[1], "p99_step_ms": q[2], "tokens_per_s": tokens / max(phase_seconds, 1e-9),
-            "seconds": phase_seconds}
 
 
 __all__ = ["Cancelled", "Engine", "SamplingParams", "VideoOutput"]

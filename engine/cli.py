@@ -10,6 +10,9 @@ from pathlib import Path
 
 import torch
 
+from .generation import settings as defaults
+from .generation.scheduler import SCHEDULES
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -32,9 +35,9 @@ def _progress_printer(every: int):
 def cmd_score(args) -> int:
     from cogvideo_engine.kernels.rules import Pass
 
-    from .checkpoint import load_model
-    from .default_model import default_model_path
-    from .scoring import teacher_forced_logits
+    from .generation.scoring import teacher_forced_logits
+    from .io.checkpoints import load_model
+    from .io.default_assets import default_model_path
 
     pass_ = Pass.parse(args.stage)
     path = args.model or default_model_path(pass_.model_stage)
@@ -73,7 +76,7 @@ def cmd_score(args) -> int:
 
 def cmd_generate(args) -> int:
     from .api import Engine, SamplingParams
-    from .export import upscale_nearest, write_frames, write_gif, write_mp4, write_tokens
+    from .io.export import upscale_nearest, write_frames, write_gif, write_mp4, write_tokens
 
     if not args.prompt and not args.prompt_file:
         raise ValueError("give a prompt or --prompt-file")
@@ -117,8 +120,11 @@ def cmd_generate(args) -> int:
 
     resume = None
     if args.stage1_tokens:
-        from .export import read_tokens
-        resume = read_tokens(args.stage1_tokens).reshape(-1, 5, 400)
+        from .io.export import read_tokens
+        from .generation.pipeline import STAGE1_FRAMES
+
+        frame_len = engine.stage1_model.config.geometry.frame_len
+        resume = read_tokens(args.stage1_tokens).reshape(-1, STAGE1_FRAMES, frame_len)
     try:
         videos = engine.generate(prompts, params, progress=progress, stage1_tokens_in=resume,
                                  profile_path=args.profile)
@@ -146,7 +152,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from .checkpoint import convert
+    from .io.checkpoints import convert
 
     t0 = time.perf_counter()
     dst = convert(args.src, args.dst, dtype=DTYPES[args.dtype] if args.dtype else None)
@@ -161,22 +167,23 @@ def _add_generate_args(g: argparse.ArgumentParser, default_profile: str | None =
     g.add_argument("--format", choices=["gif", "mp4", "frames"], default="gif")
     g.add_argument("--model-root", help="folder with cogvideo-stage1/2, ice_text.model, ice_image.pt, "
                                         "cluster_label2.npy (default: the embedded random model)")
-    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--seed", type=int, default=defaults.SEED)
     g.add_argument("--samples", type=int, default=1, help="videos per prompt")
     g.add_argument("--only-first-stage", action="store_true")
     g.add_argument("--stage1-tokens", help="resume stage 2 from a saved .tokens.pt / .npy of stage-1 frames")
     g.add_argument("--no-guidance-stage1", action="store_true", help="the original's --use-guidance-stage1 off")
-    g.add_argument("--guidance-alpha", type=float, default=3.0)
-    g.add_argument("--temperature", type=float, default=1.05)
-    g.add_argument("--top_k", type=int, default=12, help="clusters")
-    g.add_argument("--coglm-temperature2", type=float, default=0.89)
-    g.add_argument("--max-inference-batch-size", type=int, default=8)
-    g.add_argument("--schedule", choices=["wavefront", "sequential"], default="wavefront")
+    g.add_argument("--guidance-alpha", type=float, default=defaults.GUIDANCE_ALPHA)
+    g.add_argument("--temperature", type=float, default=defaults.VIDEO_SAMPLING.temperature)
+    g.add_argument("--top_k", type=int, default=defaults.VIDEO_SAMPLING.top_k, help="clusters")
+    g.add_argument("--coglm-temperature2", type=float, default=defaults.VIDEO_SAMPLING.temperature2)
+    g.add_argument("--max-inference-batch-size", type=int, default=defaults.MAX_BATCH)
+    g.add_argument("--schedule", choices=SCHEDULES, default=defaults.SCHEDULE)
     g.add_argument("--super-resolution", action=argparse.BooleanOptionalAction, default=None,
                    help="480x480 frames through the cogview2-dsr model (default: on when --model-root holds "
                         "cogview2-dsr/ or --dsr is given; off for the embedded default model)")
     g.add_argument("--dsr", metavar="DIR", help="the cogview2-dsr checkpoint (default: <model-root>/cogview2-dsr)")
-    g.add_argument("--sr-max-batch", type=int, default=12, help="frames per super-resolution forward")
+    g.add_argument("--sr-max-batch", type=int, default=defaults.SR_MAX_BATCH,
+                   help="frames per super-resolution forward")
     g.add_argument("--upscale", action="store_true",
                    help="nearest-neighbour upscale of 160x160 output to 480x480 (without super-resolution)")
     g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
@@ -200,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--frames", type=int, default=1, help="target frames to score (default 1)")
     s.add_argument("--batch", type=int, default=1)
     s.add_argument("--text-len", type=int, default=12)
-    s.add_argument("--text-bias", type=float, default=1.4)
+    s.add_argument("--text-bias", type=float, default=defaults.TEXT_BIAS)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     s.add_argument("--device", default="cpu")

@@ -232,6 +232,15 @@ class StreamLayout:
         """Whether the input at stream index ``i`` is BOI rather than a frame token (block position 0)."""
         return self.is_frame(i) & (self.block_pos(i) == 0)
 
+    @staticmethod
+    def block_inputs(frames, boi_id: int):
+        """The BOI shift: the inputs of frame blocks given their tokens, ``[..., frame_len]`` integer tensor ->
+        the same shape, ``[BOI, token 0 .. token frame_len-2]`` per block (block position ``p`` is fed the
+        token sampled at ``p - 1``). Tokens not sampled yet may hold anything: no input reads them early."""
+        inputs = frames.roll(1, -1)
+        inputs[..., 0] = boi_id
+        return inputs
+
     # -- the attention rules -------------------------------------------------------------------------
 
     def layer_shift(self, layer_id: int) -> int:

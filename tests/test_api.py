@@ -1,6 +1,5 @@
 """The public API and the generate command on the embedded default assets (random weights)."""
 
-import os
 import subprocess
 import sys
 
@@ -8,7 +7,7 @@ import pytest
 import torch
 
 from cogvideo_engine import Cancelled, Engine, SamplingParams
-from cogvideo_engine.export import read_tokens, to_uint8, write_frames, write_gif, write_tokens
+from cogvideo_engine.io.export import read_tokens, write_tokens
 
 FAST = SamplingParams(seed=5, only_first_stage=True)
 
@@ -61,24 +60,6 @@ def test_resume_stage2_from_saved_stage1_tokens(engine, tmp_path):
     assert resumed.fps == 8.0
 
 
-def test_export_formats(tmp_path):
-    from PIL import Image
-
-    frames = to_uint8(torch.randn(3, 3, 16, 16))
-    assert frames.shape == (3, 16, 16, 3) and frames.dtype == torch.uint8
-    assert frames[0].max() == 255 and frames[0].min() == 0  # per-frame min-max, as the original saves
-    gif = write_gif(tmp_path / "v.gif", frames, fps=8)
-    assert Image.open(gif).n_frames == 3
-    umask = os.umask(0)
-    os.umask(umask)
-    assert gif.stat().st_mode & 0o777 == 0o666 & ~umask  # the permissions of any file the user writes
-    folder = write_frames(tmp_path / "frames", frames)
-    assert sorted(p.name for p in folder.iterdir()) == ["0000.png", "0001.png", "0002.png"]
-    assert not list(tmp_path.glob("*.part"))  # no temporary leftovers
-    tokens = torch.randint(0, 20000, (5, 400))
-    assert torch.equal(read_tokens(write_tokens(tmp_path / "t.npy", tokens)), tokens)
-
-
 def test_generate_command_writes_a_gif(tmp_path):
     env = {"COGVIDEO_ENGINE_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-m", "cogvideo_engine", "generate", "a cat", "--only-first-stage",
@@ -108,7 +89,7 @@ def test_super_resolution_gives_480_frames(engine):
 
 
 def test_super_resolution_is_on_when_the_checkpoint_is_given(engine):
-    from cogvideo_engine.default_model import default_assets_root
+    from cogvideo_engine.io.default_assets import default_assets_root
 
     root = default_assets_root()  # the engine fixture's home: holds cogview2-dsr/
     assert Engine.from_pretrained(root).super_resolution_default

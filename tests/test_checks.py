@@ -1,16 +1,19 @@
 """Bad arguments are refused before any compute, with a message naming the argument and the constraint."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 import cogvideo_engine as ce
-from cogvideo_engine.generation import generate_pass
-from cogvideo_engine.pipeline import PipelineSettings, stage2_tokens
-from cogvideo_engine.runner import ModelRunner
-from cogvideo_engine.sampler import ClusterSampler, PassSampling
-from cogvideo_engine.scoring import teacher_forced_logits
+from cogvideo_engine.generation.passes import generate_pass
+from cogvideo_engine.generation.pipeline import stage2_tokens
+from cogvideo_engine.generation.runner import ModelRunner
+from cogvideo_engine.generation.sampler import ClusterSampler
+from cogvideo_engine.generation.scoring import teacher_forced_logits
+from cogvideo_engine.generation.settings import VIDEO_SAMPLING, PassSampling, PipelineSettings
 
-from conftest import SMALL_BOI, SMALL_GEOMETRY, small_model
+from helpers.models import SMALL_BOI, SMALL_GEOMETRY, small_model
 
 FRAME = SMALL_GEOMETRY.frame_len
 
@@ -53,9 +56,9 @@ def test_pipeline_settings_refuse_bad_fields(kwargs, error, match):
 
 def test_pass_sampling_refuses_bad_fields():
     with pytest.raises(TypeError, match=r"top_k \(clusters\) must be an integer"):
-        PassSampling(top_k=2.5)
+        PassSampling(temperature=1.05, top_k=2.5, temperature2=0.89)
     with pytest.raises(ValueError, match="temperature must be finite"):
-        PassSampling(temperature=float("inf"))
+        PassSampling(temperature=float("inf"), top_k=12, temperature2=0.89)
 
 
 @pytest.fixture(scope="module")
@@ -142,14 +145,14 @@ def test_generate_pass_refuses_bad_arguments_before_any_compute(no_compute):
 
     def run(**kw):
         args = dict(model=model, stage="stage2", text_ids=text, given_frames=given, num_targets=2,
-                    sampler=sampler, params=PassSampling(), row_keys=[(1, 0), (1, 1)], boi_id=SMALL_BOI)
+                    sampler=sampler, params=VIDEO_SAMPLING, row_keys=[(1, 0), (1, 1)], boi_id=SMALL_BOI)
         return generate_pass(**{**args, **kw})
 
     for kw, error, match in [
         (dict(num_targets=3), ValueError, "num_targets must be <= 2"),
         (dict(num_targets=0), ValueError, "num_targets must be >= 1"),
         (dict(given_frames=given[:, :2]), ValueError, r"given_frames must have shape \[2, 3, 16\]"),
-        (dict(params=PassSampling(top_k=51)), ValueError, r"top_k \(51 clusters\) exceeds the sampler's 50"),
+        (dict(params=replace(VIDEO_SAMPLING, top_k=51)), ValueError, r"top_k \(51 clusters\) exceeds the sampler's 50"),
         (dict(params=dict(top_k=3)), TypeError, "sampling params must be a PassSampling"),
         (dict(row_keys=[(1, 0)]), ValueError, "2 rows but 1 row keys"),
         (dict(row_keys=[(1, 0), (1, 0.5)]), TypeError, r"row key's part must be an integer"),
@@ -165,8 +168,8 @@ def test_generate_pass_refuses_bad_arguments_before_any_compute(no_compute):
 
 
 def test_stage2_tokens_refuses_bad_frames_before_any_compute(no_compute):
-    from cogvideo_engine.default_model import default_assets_root
-    from cogvideo_engine.text_tokenizer import TextTokenizer
+    from cogvideo_engine.io.default_assets import default_assets_root
+    from cogvideo_engine.io.tokenizer import TextTokenizer
 
     tokenizer = TextTokenizer(default_assets_root() / "ice_text.model")
     model = small_model(2)

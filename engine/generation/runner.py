@@ -1,0 +1,304 @@
+"""The model runner: fused weights, a static KV cache in the kernels' layout, rows with their own text length.
+
+What the reference model computes (:mod:`cogvideo_engine.models.cogvideo`), arranged for speed:
+
+* both channels' QKV projections read the same LN'd input: one GEMM with concatenated weights;
+* frame rows of video passes mix ``alpha * dense_base(cs) + (1 - alpha) * dense_plus(ct)``: one GEMM over
+  ``[cs | ct]`` with alpha folded into the weights (text rows and the first-frame pass use dense_base alone);
+* the KV cache is allocated once per batch in the layout of :mod:`cogvideo_engine.kernels.layout` -- a fixed
+  text region of ``text_capacity`` rows, then every slot at a fixed offset -- so rows with different text
+  lengths (the guided cond and uncond streams, different prompts) share every forward, frames aligned;
+* attention goes through a backend by name (``reference``, ``triton``, ``cpu``, ``cuda``);
+* a forward takes its position ids from one table (base rows below the extra table's start, then the extra
+  rows) by plain indexing, and nothing in it waits for the host, so on CUDA a decode step is captured once
+  per cache and number of positions as a CUDA graph and replayed (:class:`DecodeGraphs`).
+
+A forward feeds, for every row, the same frame positions (slot, block position); in the prefill each row
+feeds its own text (padded to ``text_capacity`` with ignored queries) and the given frames.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cogvideo_engine.kernels.layout import SPATIAL, TEMPORAL, AttentionRule
+from cogvideo_engine.kernels.reference import compute_dtype
+from cogvideo_engine.kernels.registry import default_backend, get_backend
+from cogvideo_engine.kernels.rules import Pass, StreamLayout
+
+from ..models.cogvideo import CogVideoModel
+from ..models.config import NUM_IMAGE_TOKENS, ModelConfig
+from ..models.layers import gelu_tanh
+
+SMALL_ROWS = 8
+GRAPH_SAFE_BACKENDS = ("triton", "cuda")  # backends with no host synchronisation inside (CUDA-graph capturable)
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear``; on CPU with a few rows (decode) as ``W @ x^T``, which the CPU BLAS runs as a
+    weight-streaming kernel (measured 7x faster than ``F.linear`` for 2 rows x the 20000 x 512 head)."""
+    rows = x.numel() // x.shape[-1]
+    if x.is_cuda or rows > SMALL_ROWS:
+        return F.linear(x, weight, bias)
+    flat = x.reshape(rows, x.shape[-1])
+    out = torch.addmm(bias[:, None], weight, flat.t()) if bias is not None else weight @ flat.t()
+    return out.t().reshape(*x.shape[:-1], weight.shape[0])
+
+
+@dataclass
+class _LayerWeights:
+    qkv_w: torch.Tensor  # [6h, h]: base Q|K|V then attention-plus Q|K|V
+    qkv_b: torch.Tensor
+    base_out_w: torch.Tensor  # [h, h]
+    base_out_b: torch.Tensor
+    mixed_out_w: torch.Tensor  # [h, 2h]: [alpha * W_base | (1 - alpha) * W_plus]
+    mixed_out_b: torch.Tensor
+
+
+class StaticCache:
+    """K/V of both channels for a batch of rows, ``[layers, B, rows + 1, H, d]`` per channel and K/V.
+
+    Row ``text_capacity + frame_len * slot + p`` holds slot ``slot``, block position ``p``; text token ``j``
+    of batch row ``b`` sits at row ``j`` (rows ``text_len[b]..text_capacity-1`` unused). The extra last row
+    absorbs the writes of padded queries. Kernels read it through a ``[B, H, rows, d]`` strided view.
+    """
+
+    def __init__(self, cfg: ModelConfig, layouts: list[StreamLayout], dtype, device):
+        first = layouts[0]
+        self.layouts = layouts
+        self.pass_ = first.pass_
+        self.text_capacity = max(lay.text_len for lay in layouts)
+        self.text_len = torch.tensor([lay.text_len for lay in layouts], device=device)
+        self.rules = {(channel, parity): AttentionRule(first.pass_, channel, parity, first.geometry,
+                                                       self.text_capacity, first.stage1_windowed)
+                      for channel in (SPATIAL, TEMPORAL) for parity in (0, 1)}
+        rows = self.rules[SPATIAL, 0].cache_len
+        shape = (cfg.num_layers, len(layouts), rows + 1, cfg.num_attention_heads, cfg.head_dim)
+        channels = 2 if first.pass_.mixes_temporal else 1
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(channels)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(channels)]
+        self.scratch_row = rows
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    def rule(self, channel: str, layer_id: int) -> AttentionRule:
+        return self.rules[channel, layer_id % 2]
+
+    def view(self, channel: int, layer_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.k[channel][layer_id].transpose(1, 2)[:, :, :-1],
+                self.v[channel][layer_id].transpose(1, 2)[:, :, :-1])
+
+
+def weight_bytes(model: CogVideoModel) -> int:
+    """Bytes a decode step must read: every layer's weights and the 20000-row logits head, which the runner
+    keeps in fp32 as the logits are computed in fp32 (the embedding lookup reads only a few rows)."""
+    layers = sum(p.numel() * p.element_size() for p in model.transformer.layers.parameters())
+    plus = sum(p.numel() * p.element_size() for p in model.mixins["attention_plus"].parameters())
+    return layers + plus + NUM_IMAGE_TOKENS * model.config.hidden_size * 4
+
+
+class ModelRunner:
+    """Runs a :class:`CogVideoModel` with fused weights and a static cache (see the module docstring)."""
+
+    def __init__(self, model: CogVideoModel, backend=None, *, cuda_graphs: bool | None = None):
+        """``backend``: a backend name (None: the best available) or an attention function with the contract
+        of ``kernels.reference.window_attention`` (e.g. a benchmark's baseline). ``cuda_graphs``: replay decode
+        steps as CUDA graphs (None: on CUDA with a fused backend, ``triton`` or ``cuda``)."""
+        self.model = model
+        cfg = model.config
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        if cuda_graphs is None:  # the fused kernels never wait for the host; the reference and custom functions may
+            name = default_backend(self.device) if backend in (None, "auto") else backend
+            cuda_graphs = self.device.type == "cuda" and name in GRAPH_SAFE_BACKENDS
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError("cuda_graphs needs a model on a CUDA device")
+        self.cuda_graphs = cuda_graphs
+        self.backend = backend
+        self.attend = backend if callable(backend) else get_backend(backend, self.device)
+        plus = model.mixins["attention_plus"]
+        self.layers = []
+        wide = compute_dtype(p.dtype)  # alpha folding and the logits head: fp32 (fp64 for an fp64 model)
+        with torch.no_grad():
+            for i, layer in enumerate(model.transformer.layers):
+                alpha = torch.sigmoid(plus.attn_distribution[i].to(wide))
+                base_w, base_b = layer.attention.dense.weight, layer.attention.dense.bias
+                plus_w, plus_b = plus.dense[i].weight, plus.dense[i].bias
+                self.layers.append(_LayerWeights(
+                    qkv_w=torch.cat([layer.attention.query_key_value.weight, plus.query_key_value[i].weight]),
+                    qkv_b=torch.cat([layer.attention.query_key_value.bias, plus.query_key_value[i].bias]),
+                    base_out_w=base_w, base_out_b=base_b,
+                    mixed_out_w=torch.cat([alpha[:, None] * base_w.to(wide), (1 - alpha)[:, None] * plus_w.to(wide)],
+                                          dim=1).to(p.dtype),
+                    mixed_out_b=(alpha * base_b.to(wide) + (1 - alpha) * plus_b.to(wide)).to(p.dtype)))
+        self.hidden = cfg.hidden_size
+        self.heads = cfg.num_attention_heads
+        self.head_dim = cfg.head_dim
+        # the wide logits head (tied to the image-token embeddings), converted once instead of at every step
+        self.logits_head = model.transformer.word_embeddings.weight[:NUM_IMAGE_TOKENS].to(wide)
+        start = cfg.geometry.extra_table_start  # position id -> row of [base[:start] | extra]
+        self.position_table = torch.cat([model.transformer.position_embeddings.weight[:start],
+                                         model.mixins["extra_position_embedding"].position_embeddings.weight])
+
+    def new_cache(self, layouts: list[StreamLayout]) -> StaticCache:
+        """A cache for one row per layout; all rows share the pass, the number of targets and the geometry."""
+        first = layouts[0]
+        for lay in layouts:
+            if (lay.pass_, lay.num_targets, lay.geometry, lay.stage1_windowed) != \
+                    (first.pass_, first.num_targets, first.geometry, first.stage1_windowed):
+                raise ValueError("rows of one cache must share the pass, targets, geometry and temporal rule")
+        return StaticCache(self.model.config, layouts, self.dtype, self.device)
+
+    # -- inputs -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def frame_index(cache: StaticCache, positions: list[tuple[int, int]]) -> torch.Tensor:
+        """``[B, n]`` stream index of each row at frame positions (slot, block position)."""
+        frame_len = cache.layouts[0].geometry.frame_len
+        rel = torch.tensor([frame_len * s + p for s, p in positions], device=cache.text_len.device)
+        return cache.text_len[:, None] + rel[None, :]
+
+    def prefill(self, cache: StaticCache, text_ids: list[torch.Tensor], given_ids: torch.Tensor,
+                text_bias: torch.Tensor, *, logits: bool = False) -> torch.Tensor | None:
+        """Feed each row's text (``text_ids[b]``: its own length) and the given blocks ``given_ids [B, n, F]``
+        (already BOI-shifted: ``[BOI, token 0..F-2]``). Returns ``[B, text_capacity + F * n, V]`` logits if
+        asked (rows of padded text positions are meaningless)."""
+        b = len(cache.layouts)
+        cap = cache.text_capacity
+        frame_len = cache.layouts[0].geometry.frame_len
+        n_given = given_ids.shape[1]
+        text = torch.zeros(b, cap, dtype=torch.long, device=self.device)
+        q_text = torch.full((b, cap), -1, dtype=torch.long, device=self.device)
+        for i, t in enumerate(text_ids):
+            text[i, :t.numel()] = t.to(self.device)
+            q_text[i, :t.numel()] = torch.arange(t.numel(), device=self.device)
+        positions = [(s, p) for s in range(n_given) for p in range(frame_len)]
+        ids = torch.cat([text, given_ids.reshape(b, -1).to(self.device)], dim=1)
+        q_index = torch.cat([q_text, self.frame_index(cache, positions)], dim=1) if positions else q_text
+        return self._forward(cache, ids, q_index, self.position_ids(cache, q_index),
+                             text_bias.to(self.device, torch.float32), logits)
+
+    def step(self, cache: StaticCache, positions: list[tuple[int, int]], input_ids: torch.Tensor,
+             text_bias: torch.Tensor) -> torch.Tensor:
+        """Feed frame positions (the same for every row) with ``input_ids [B, n]``; logits ``[B, n, V]``."""
+        return self._forward(cache, *self.step_inputs(cache, positions, input_ids, text_bias), True)
+
+    def step_inputs(self, cache: StaticCache, positions: list[tuple[int, int]], input_ids: torch.Tensor,
+                    text_bias: torch.Tensor) -> list[torch.Tensor]:
+        """The device tensors a step's forward reads: ids, query indices, position ids, text bias."""
+        q_index = self.frame_index(cache, positions)
+        return [input_ids.to(self.device), q_index, self.position_ids(cache, q_index),
+                text_bias.to(self.device, torch.float32)]
+
+    def stepper(self, cache: StaticCache):
+        """The decode-step function for ``cache``: :meth:`step`, or its CUDA-graph replay when enabled."""
+        if not self.cuda_graphs:
+            return lambda positions, input_ids, text_bias: self.step(cache, positions, input_ids, text_bias)
+        return DecodeGraphs(self, cache).step
+
+    @staticmethod
+    def position_ids(cache: StaticCache, q_index: torch.Tensor) -> torch.Tensor:
+        """``[B, n]`` position id of each query (padding queries: 0)."""
+        safe = q_index.clamp(min=0)
+        return torch.stack([lay.position_id(safe[i]) for i, lay in enumerate(cache.layouts)])
+
+    # -- the forward --------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _forward(self, cache: StaticCache, ids: torch.Tensor, q_index: torch.Tensor, position: torch.Tensor,
+                 text_bias: torch.Tensor, want_logits: bool) -> torch.Tensor | None:
+        """One forward; device tensors in, no host synchronisation inside (CUDA-graph capturable)."""
+        model = self.model
+        b, n = ids.shape
+        valid = q_index >= 0
+        safe = q_index.clamp(min=0)
+        is_frame = safe >= cache.text_len[:, None]
+        rows = torch.where(is_frame, safe - cache.text_len[:, None] + cache.text_capacity, safe)
+        rows = torch.where(valid, rows, torch.full_like(rows, cache.scratch_row))
+        batch_idx = torch.arange(b, device=self.device)[:, None]
+        mixes = (is_frame & valid)[..., None] if cache.pass_.mixes_temporal else None
+        meta = (q_index, cache.text_len, text_bias)
+
+        x = model.transformer.word_embeddings(ids) + self.position_table[position]
+        h = self.hidden
+        channels = 2 if cache.pass_.mixes_temporal else 1
+        for layer_id, (layer, w) in enumerate(zip(model.transformer.layers, self.layers, strict=True)):
+            a = layer.input_layernorm(x)
+            qkv = _linear(a, w.qkv_w[:3 * h * channels], w.qkv_b[:3 * h * channels])
+            contexts = []
+            for channel in range(channels):
+                q, k, v = qkv[..., 3 * h * channel: 3 * h * (channel + 1)].split(h, dim=-1)
+                cache.k[channel][layer_id][batch_idx, rows] = k.view(b, n, self.heads, self.head_dim)
+                cache.v[channel][layer_id][batch_idx, rows] = v.view(b, n, self.heads, self.head_dim)
+                k_all, v_all = cache.view(channel, layer_id)
+                name = SPATIAL if channel == 0 else TEMPORAL
+                ctx = self.attend(q.view(b, n, self.heads, self.head_dim).transpose(1, 2), k_all, v_all, *meta,
+                                  cache.rule(name, layer_id))
+                contexts.append(ctx.transpose(1, 2).reshape(b, n, h))
+            out = _linear(contexts[0], w.base_out_w, w.base_out_b)
+            if channels == 2:
+                mixed = _linear(torch.cat(contexts, dim=-1), w.mixed_out_w, w.mixed_out_b)
+                out = torch.where(mixes, mixed, out)
+            x = x + layer.third_layernorm(out)
+            m = layer.post_attention_layernorm(x)
+            up = _linear(m, layer.mlp.dense_h_to_4h.weight, layer.mlp.dense_h_to_4h.bias)
+            x = x + layer.fourth_layernorm(_linear(gelu_tanh(up), layer.mlp.dense_4h_to_h.weight,
+                                                   layer.mlp.dense_4h_to_h.bias))
+        if not want_logits:
+            return None
+        return _linear(model.transformer.final_layernorm(x).to(self.logits_head.dtype), self.logits_head)
+
+
+class DecodeGraphs:
+    """CUDA graphs of :meth:`ModelRunner.step` for one cache: one per number of positions fed per step.
+
+    The first step with ``n`` positions runs once eagerly on a side stream (warm-up; feeding the same positions
+    twice writes the same keys, so it is harmless), is captured into a graph reading static input buffers, and
+    is replayed; later steps with ``n`` positions only copy their inputs into the buffers and replay. The
+    returned logits live in the graph's output buffer until the next replay of that graph.
+    """
+
+    def __init__(self, runner: ModelRunner, cache: StaticCache):
+        self.runner, self.cache = runner, cache
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor] | None] = {}
+
+    def step(self, positions: list[tuple[int, int]], input_ids: torch.Tensor, text_bias: torch.Tensor):
+        r, cache = self.runner, self.cache
+        inputs = r.step_inputs(cache, positions, input_ids, text_bias)
+        n = len(positions)
+        if n not in self.graphs:
+            try:
+                self.graphs[n] = self._capture(inputs)
+            except RuntimeError as e:  # e.g. an op that synchronises: run eagerly from now on, and say so
+                warnings.warn(f"CUDA-graph capture of the decode step failed, running it eagerly: {e}", stacklevel=2)
+                self.graphs[n] = None
+        if self.graphs[n] is None:
+            return r._forward(cache, *inputs, True)
+        graph, buffers, out = self.graphs[n]
+        for buf, value in zip(buffers, inputs, strict=True):
+            buf.copy_(value, non_blocking=True)
+        graph.replay()
+        return out
+
+    def _capture(self, inputs: list[torch.Tensor]):
+        r, cache = self.runner, self.cache
+        buffers = [t.clone() for t in inputs]
+        side = torch.cuda.Stream(r.device)
+        side.wait_stream(torch.cuda.current_stream(r.device))
+        with torch.cuda.stream(side):
+            r._forward(cache, *buffers, True)
+        torch.cuda.current_stream(r.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = r._forward(cache, *buffers, True)
+        return graph, buffers, out
+
+
+def layouts_for(model: CogVideoModel, stage: Pass | str, text_lens: list[int], num_targets: int) -> list[StreamLayout]:
+    return [model.config.layout(stage, t, num_targets) for t in text_lens]

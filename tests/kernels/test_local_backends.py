@@ -1,0 +1,54 @@
+"""Local-attention backends by name, their registered ops, and the DSR model on each backend."""
+
+import pytest
+import torch
+
+from cogvideo_engine.kernels.local_rules import LocalGeometry
+from cogvideo_engine.kernels.registry import get_local_backend, local_backend_status
+
+from helpers.local_cases import make_inputs
+from helpers.models import SMALL_BOI, SMALL_LOCAL, small_dsr
+from helpers.numerics import MODEL_FACTOR, assert_fp_close, float64_copy
+
+_status = {s.name: s for s in local_backend_status("cuda" if torch.cuda.is_available() else "cpu")}
+_cpu = {s.name: s for s in local_backend_status("cpu")}["cpu"]
+
+
+def _require(status):
+    if not status.available:
+        pytest.skip(f"{status.name} backend: {status.reason}")
+
+
+def test_names_and_reasons():
+    from cogvideo_engine.kernels.local_reference import local_attention
+
+    assert get_local_backend("reference") is local_attention
+    best = get_local_backend(None, "cpu")
+    assert best is local_attention or best.__name__ == "local_attention_csrc_op"
+    with pytest.raises(ValueError, match="unknown attention backend 'flash'"):
+        get_local_backend("flash")
+    with pytest.raises(ValueError, match="cannot run the local attention on cpu"):
+        get_local_backend("cuda", "cpu")
+
+
+@pytest.mark.parametrize("op_name,status", [("local_attention_triton", _status["triton"]),
+                                            ("local_attention_csrc", _cpu)])
+def test_op_registration_passes_opcheck(op_name, status):
+    _require(status)
+    import cogvideo_engine.kernels.ops  # noqa: F401  (registers the ops)
+
+    g = LocalGeometry(grid=6, low_grid=2)
+    device = "cuda" if op_name.endswith("triton") and torch.cuda.is_available() else "cpu"
+    args = (*make_inputs(g, batch=1, heads=1, device=device), g.grid, g.low_grid, g.window_rows, g.window_cols,
+            g.low_window)
+    torch.library.opcheck(getattr(torch.ops.cogvideo_engine, op_name).default, args)
+
+
+@pytest.mark.parametrize("backend", ["triton", "cpu"])
+def test_dsr_model_on_each_backend_matches_the_reference(backend):
+    _require(_status["triton"] if backend == "triton" else _cpu)
+    model = small_dsr(seed=7)
+    low = torch.randint(0, 20000, (1, SMALL_LOCAL.num_low), generator=torch.Generator().manual_seed(4))
+    ref = model.hidden_states([[3, 1, 4]], low, SMALL_BOI, backend="reference")
+    exact = float64_copy(model).hidden_states([[3, 1, 4]], low, SMALL_BOI, backend="reference")
+    assert_fp_close(model.hidden_states([[3, 1, 4]], low, SMALL_BOI, backend=backend), exact, ref, factor=MODEL_FACTOR)

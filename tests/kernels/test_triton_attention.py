@@ -1,0 +1,139 @@
+"""The fused Triton kernel against the reference twin, over the shared rule cases (interpreter on CPU).
+
+bf16 runs here too: under the interpreter the kernel takes its fp32-emulated path (``triton_common.upcast_bf16``:
+both products in fp32 on the bf16 operands, ``p`` and the output rounded to the nearest bf16), whose numerics
+are those of the tensor-core path the gpu-marked tests run.
+"""
+
+import pytest
+import torch
+
+from cogvideo_engine.kernels import triton_common
+from cogvideo_engine.kernels.layout import AttentionRule
+from cogvideo_engine.kernels.rules import FrameGeometry, Pass, StreamLayout
+
+from helpers.kernel_cases import (RULE_CASES, RULE_IDS, all_positions, assert_matches_reference, check, decode_queries,
+                          make_cache)
+from helpers.models import SMALL_GEOMETRY
+
+triton_attention = pytest.importorskip("cogvideo_engine.kernels.triton_attention", reason="triton not installed")
+if triton_attention.triton is None:
+    pytest.skip("triton is not installed", allow_module_level=True)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+kernel = triton_attention.window_attention_triton
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("pass_,channel,parity", RULE_CASES, ids=RULE_IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+def test_every_position_of_every_rule(pass_, channel, parity, dtype):
+    """Prefill-style: all positions (text rows, given and target rows, every window edge) of 2 sequences
+    with different text lengths and text biases sharing a batch."""
+    rule = AttentionRule(pass_, channel, parity, SMALL_GEOMETRY, text_capacity=6)
+    check(kernel, rule, all_positions(rule, [6, 3]), [6, 3], [1.4, 0.0], device=DEVICE, dtype=dtype)
+
+
+@pytest.mark.parametrize("fill", ["ones", "arange"])
+@pytest.mark.parametrize("pass_,channel,parity", [(Pass.STAGE2, "temporal", 1), (Pass.STAGE1, "temporal", 0),
+                                                  (Pass.STAGE2, "spatial", 0)])
+def test_structured_inputs(pass_, channel, parity, fill):
+    rule = AttentionRule(pass_, channel, parity, SMALL_GEOMETRY, text_capacity=4)
+    check(kernel, rule, all_positions(rule, [4, 2]), [4, 2], [1.4, 1.4], device=DEVICE, fill=fill)
+
+
+@pytest.mark.parametrize("fill", ["ones", "arange"])
+def test_structured_inputs_bf16(fill):
+    rule = AttentionRule(Pass.STAGE2, "temporal", 1, SMALL_GEOMETRY, text_capacity=4)
+    check(kernel, rule, all_positions(rule, [4, 2]), [4, 2], [1.4, 1.4], device=DEVICE, fill=fill,
+          dtype=torch.bfloat16)
+
+
+def test_decode_queries_bf16():
+    """Decode queries (different slots, window edges, a padded query) in bf16, with a head dim of 32."""
+    rule = AttentionRule(Pass.STAGE2, "temporal", 0, SMALL_GEOMETRY, text_capacity=5)
+    out = check(kernel, rule, decode_queries(rule, [5, 2]), [5, 2], [1.4, 0.0], device=DEVICE, d=32,
+                dtype=torch.bfloat16)
+    assert out[1, :, 1].abs().max() == 0
+
+
+@pytest.mark.skipif(not triton_common.INTERPRETED, reason="the bf16 work-around is taken under the interpreter only")
+def test_interpreter_takes_the_bf16_work_around():
+    assert triton_common.upcast_bf16(torch.bfloat16)
+    assert not triton_common.upcast_bf16(torch.float16) and not triton_common.upcast_bf16(torch.float32)
+
+
+@pytest.mark.parametrize("d", [16, 32, pytest.param(64, marks=pytest.mark.compile_heavy),
+                               pytest.param(128, marks=pytest.mark.compile_heavy)])
+def test_head_dims(d):
+    rule = AttentionRule(Pass.STAGE2, "temporal", 1, SMALL_GEOMETRY, text_capacity=3)
+    check(kernel, rule, all_positions(rule, [3]), [3], [1.4], device=DEVICE, d=d, heads=1)
+
+
+@pytest.mark.compile_heavy
+@pytest.mark.parametrize("parity", [0, 1])
+def test_decode_queries_in_different_frames_real_geometry(parity):
+    """Decode: one or two queries per sequence in different slots (the wavefront), real 20x20 geometry,
+    window 10 / shift 5, queries at window and shifted-region edges; one padded query slot."""
+    rule = AttentionRule(Pass.STAGE2, "temporal", parity, FrameGeometry(), text_capacity=9)
+    out = check(kernel, rule, decode_queries(rule, [9, 5]), [9, 5], [1.4, 0.0], device=DEVICE, d=64)
+    assert out[1, :, 1].abs().max() == 0  # the padded query writes zeros
+
+
+def test_stage1_decode_real_geometry_fp16():
+    rule = AttentionRule(Pass.STAGE1, "temporal", 0, FrameGeometry(), text_capacity=20)
+    lay = StreamLayout(Pass.STAGE1, 20, 4)
+    q_index = torch.tensor([[lay.index(2, 0), lay.index(4, 399)]])
+    check(kernel, rule, q_index, [20], [0.0], device=DEVICE, d=64, dtype=torch.float16)
+
+
+def test_input_checks(monkeypatch):
+    """The shared checks (tests/test_window_checks.py runs them on every backend) and this backend's own."""
+    rule = AttentionRule(Pass.STAGE1, "spatial", 0, SMALL_GEOMETRY, text_capacity=4)
+    q = torch.randn(1, 2, 3, 16, device=DEVICE)
+    k = torch.randn(1, 2, rule.cache_len, 16, device=DEVICE)
+    good = dict(q_index=torch.zeros(1, 3, dtype=torch.long, device=DEVICE), text_len=torch.tensor([4]),
+                text_bias=torch.tensor([1.4]))
+    with pytest.raises(ValueError, match="the rule needs"):
+        kernel(q, k[:, :, :-1], k[:, :, :-1], rule=rule, **good)
+    with pytest.raises(ValueError, match=r"text_len\[0\] = 5 must lie in 1..text_capacity \(4\)"):
+        kernel(q, k, k, rule=rule, **{**good, "text_len": torch.tensor([5])})
+    with pytest.raises(ValueError, match="share one floating-point dtype"):
+        kernel(q, k.half(), k.half(), rule=rule, **good)
+    with pytest.raises(ValueError, match="head dim 24 is not supported by the triton backend"):
+        kernel(torch.randn(1, 2, 3, 24), torch.randn(1, 2, rule.cache_len, 24),
+               torch.randn(1, 2, rule.cache_len, 24), rule=rule, **good)
+    with pytest.raises(ValueError, match=r"takes fp16, bf16 or fp32 inputs, got torch\.float64"):
+        kernel(q.double(), k.double(), k.double(), rule=rule, **good)
+    monkeypatch.setattr(triton_common, "INTERPRETED", False)
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        kernel(q.cpu(), k.cpu(), k.cpu(), rule=rule, **{**good, "q_index": good["q_index"].cpu()})
+    monkeypatch.setattr(triton_common, "triton_status", lambda: (False, "triton is not installed"))
+    with pytest.raises(RuntimeError, match="not installed"):
+        kernel(q, k, k, rule=rule, **good)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("pass_,channel,parity", RULE_CASES, ids=RULE_IDS)
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, marks=pytest.mark.compile_heavy), torch.float16,
+                                   torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+def test_gpu_every_position_real_geometry(pass_, channel, parity, dtype):
+    """Real 20x20 geometry, window 10 / shift 5, head dim 64, every position of two sequences with different
+    text lengths and biases (prefill), in every dtype including bf16."""
+    rule = AttentionRule(pass_, channel, parity, FrameGeometry(), text_capacity=24)
+    check(kernel, rule, all_positions(rule, [24, 7]), [24, 7], [1.4, 0.0], device=DEVICE, heads=4, d=64,
+          dtype=dtype)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("d", [16, 32, 64, 128])
+@pytest.mark.parametrize("block_m,block_n", [(16, 32), (64, 64), (128, 64)])
+def test_gpu_tile_sizes_and_head_dims(d, block_m, block_n):
+    rule = AttentionRule(Pass.STAGE2, "temporal", 1, FrameGeometry(), text_capacity=9)
+    q_index = all_positions(rule, [9]).to(DEVICE)
+    k, v = make_cache(rule, [9], 1, 2, d, torch.float16, DEVICE)
+    q = torch.randn(1, 2, q_index.shape[1], d, device=DEVICE, dtype=torch.float16)
+    args = (q, k, v, q_index, torch.tensor([9], device=DEVICE), torch.tensor([1.4], device=DEVICE))
+    assert_matches_reference(kernel(*args, rule, block_m=block_m, block_n=block_n), args, rule)

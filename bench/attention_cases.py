@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from cogvideo_engine.generation.settings import TEXT_BIAS
 from cogvideo_engine.kernels.layout import AttentionRule, stream_index_of_row
 from cogvideo_engine.kernels.reference import rule_additive
 from cogvideo_engine.kernels.rules import FrameGeometry, Pass, StreamLayout
@@ -95,12 +96,12 @@ def make_inputs(case: Case, device: str, dtype: torch.dtype, seed: int = 0) -> I
     shape_kv = (case.batch, HEADS, rule.cache_len, HEAD_DIM)
     q = torch.randn(case.batch, HEADS, q_index.shape[1], HEAD_DIM, generator=gen)
     k, v = torch.randn(shape_kv, generator=gen), torch.randn(shape_kv, generator=gen)
-    additive = torch.stack([rule_additive(rule, q_index[b], case.text_len, 1.4, rule.cache_len)
+    additive = torch.stack([rule_additive(rule, q_index[b], case.text_len, TEXT_BIAS, rule.cache_len)
                             for b in range(case.batch)])[:, None]
     visible = torch.isfinite(additive)
     return Inputs(q.to(device, dtype), k.to(device, dtype), v.to(device, dtype), q_index.to(device),
                   torch.full((case.batch,), case.text_len, device=device),
-                  torch.full((case.batch,), 1.4, device=device), additive.to(device),
+                  torch.full((case.batch,), TEXT_BIAS, device=device), additive.to(device),
                   int(visible.sum()), int(visible.any(dim=2).sum()))
 
 
@@ -133,7 +134,7 @@ def run_flex(case: Case, x: Inputs):
     rule, lay = case.rule, case.layout
     q_rows = x.q_index  # [B, Q] stream indices
     text_len, cap = case.text_len, rule.text_capacity
-    bias = 1.4
+    bias = TEXT_BIAS
 
     def key_stream(kv_idx):
         return stream_index_of_row(kv_idx, text_len, cap)
@@ -184,7 +185,7 @@ def run_gather(case: Case, x: Inputs):
     lay = case.layout
     q_index = x.q_index.tolist()
     scale = 1.0 / math.sqrt(HEAD_DIM)
-    bias = [1.4 if (not case.rule.temporal or lay.kind(qi) == 2) else 0.0 for qi in q_index[0]]
+    bias = [TEXT_BIAS if (not case.rule.temporal or lay.kind(qi) == 2) else 0.0 for qi in q_index[0]]
 
     def step():
         outs = []

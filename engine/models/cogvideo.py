@@ -13,16 +13,14 @@ prefill and one per step.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cogvideo_engine.kernels.layout import AttentionRule
 from cogvideo_engine.kernels.masks import ChannelMask, spatial_mask, temporal_mask
-from cogvideo_engine.kernels.reference import compute_dtype
 from cogvideo_engine.kernels.registry import WindowAttentionFn, get_backend
 from cogvideo_engine.kernels.rules import Pass, StreamLayout
 
-from .config import NUM_IMAGE_TOKENS, ModelConfig
+from .config import ModelConfig
 from .layers import AttentionPlus, Backbone, ExtraPositions, merge_heads
 
 
@@ -100,9 +98,7 @@ class CogVideoModel(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 (fp64 for an fp64 model) logits over the image tokens from the tied ``word_embeddings[:20000]``."""
-        weight = self.transformer.word_embeddings.weight[:NUM_IMAGE_TOKENS]
-        dtype = compute_dtype(weight.dtype)
-        return F.linear(hidden.to(dtype), weight.to(dtype))
+        return self.transformer.image_logits(hidden)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, H*d] -> [B, H, N, d]
         b, n, _ = x.shape

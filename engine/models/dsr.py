@@ -24,13 +24,12 @@ the same result for every real row.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from cogvideo_engine.kernels.reference import compute_dtype, dense_attention
+from cogvideo_engine.kernels.reference import dense_attention
 from cogvideo_engine.kernels.registry import get_local_backend
 
-from .config import LOW_POSITION_START, NUM_IMAGE_TOKENS, DsrConfig
+from .config import LOW_POSITION_START, DsrConfig
 from .layers import AttentionPlus, Backbone, ExtraPositions, merge_heads
 
 
@@ -115,9 +114,7 @@ class DsrModel(nn.Module):
     @torch.no_grad()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 (fp64 for an fp64 model) logits over the image tokens from the tied ``word_embeddings[:20000]``."""
-        weight = self.transformer.word_embeddings.weight[:NUM_IMAGE_TOKENS]
-        dtype = compute_dtype(weight.dtype)
-        return F.linear(hidden.to(dtype), weight.to(dtype))
+        return self.transformer.image_logits(hidden)
 
 
 __all__ = ["DsrModel"]

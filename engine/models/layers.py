@@ -8,7 +8,12 @@ Module names mirror SwissArmyTransformer's, so ``state_dict()`` keys are the che
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from cogvideo_engine.kernels.reference import compute_dtype
+
+from .config import NUM_IMAGE_TOKENS
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
@@ -69,6 +74,13 @@ class Backbone(nn.Module):
         self.position_embeddings = nn.Embedding(cfg.max_sequence_length, cfg.hidden_size)
         self.layers = nn.ModuleList(_Layer(cfg) for _ in range(cfg.num_layers))
         self.final_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_epsilon)
+
+    def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over the image tokens, tied to ``word_embeddings[:20000]``: ``[..., hidden] -> [..., 20000]``
+        in :func:`~cogvideo_engine.kernels.reference.compute_dtype` (fp32, fp64 for an fp64 model)."""
+        weight = self.word_embeddings.weight[:NUM_IMAGE_TOKENS]
+        dtype = compute_dtype(weight.dtype)
+        return F.linear(hidden.to(dtype), weight.to(dtype))
 
 
 class ExtraPositions(nn.Module):

@@ -36,7 +36,8 @@ def csrc_status(device_type: str, kernel: str = "window_attention") -> tuple[boo
         return False, (f"cogvideo_engine._C predates the {kernel.replace('_', '-')} kernel: rebuild the extension "
                        "(pip install -e .)")
     if device_type == "cpu":
-        return True, "C++ kernel, OpenMP"
+        isa = _C.cpu_isa() if hasattr(_C, "cpu_isa") else "native"
+        return True, f"C++ kernel, OpenMP, {isa} variant (COGVIDEO_CPU_ISA picks a lower one)"
     if not _C.has_cuda():
         return False, "cogvideo_engine._C was built without CUDA (no nvcc at build time)"
     if not torch.cuda.is_available():

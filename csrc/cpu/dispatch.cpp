@@ -47,15 +47,27 @@ struct Variant {
 
 [[maybe_unused]] bool always() { return true; }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-// The psABI levels the variants are compiled for (isa.h); libgcc also checks that the OS saves the AVX state.
+#if defined(COGVIDEO_HAVE_CPU_AVX2) || defined(COGVIDEO_HAVE_CPU_AVX512)  // x86-64, GCC (CMakeLists.txt)
+// The psABI levels the variants are compiled for (isa.h); libgcc also checks that the OS saves the AVX and
+// AVX-512 register state. GCC before 12 knows no level names: the features it can name instead.
 [[maybe_unused]] bool x86_64_v3() {
   __builtin_cpu_init();
+#if __GNUC__ >= 12
   return __builtin_cpu_supports("x86-64-v3");
+#else
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi") &&
+         __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("sse4.2");
+#endif
 }
 [[maybe_unused]] bool x86_64_v4() {
   __builtin_cpu_init();
+#if __GNUC__ >= 12
   return __builtin_cpu_supports("x86-64-v4");
+#else
+  return x86_64_v3() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512vl");
+#endif
 }
 #endif
 

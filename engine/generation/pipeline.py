@@ -1,7 +1,7 @@
 """Token-level CogVideo pipelines: stage 1 (first frame, then frames 1-4) and stage 2 (3 interpolation rounds).
 
 Texts are formed exactly as the original pipeline forms them, segment by segment (SPEC.md §2.3-2.4), through
-a :class:`TextEncoder` (icetk in production; anything with ``encode`` and ``newline_id`` in tests):
+a :class:`TextEncoder` (icetk in production; anything with ``encode``, ``newline_id`` and ``boi_id`` in tests):
 
 * first frame:      encode(prompt + " 高清摄影")
 * frames 1-4:       encode("4.0秒") + [<n>] + encode(prompt + " 视频")   (guided; uncond: ... + encode("视频"))

@@ -106,7 +106,8 @@ if [ "${GPU_CHECK_INSTALL:-1}" = 0 ]; then
 elif [ -n "${GPU_CHECK_SIMULATE_BUILD_FAILURE:-}" ] && step build 10 -- false; then
     :
 elif [ -z "${GPU_CHECK_SIMULATE_BUILD_FAILURE:-}" ] && \
-        step build 150 -- "$PY" -m pip install --no-deps --no-build-isolation --no-index --target "$site" .; then
+        step build 150 -- env COGVIDEO_BUILD_TESTS=1 "$PY" -m pip install --no-deps --no-build-isolation --no-index \
+            --target "$site" .; then
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 else
     MODE=triton-only
@@ -119,7 +120,15 @@ else
     fi
 fi
 step info 20 -- "$PY" -m cogvideo_engine.info
-step ctest 20 needs-ext -- ctest --test-dir build/cmake --output-on-failure
+# the C++ tests of the extension's build tree, built with it (a tree configured without them, as with
+# GPU_CHECK_INSTALL=0 after a plain install, is reconfigured with COGVIDEO_BUILD_TESTS=ON and they are built here)
+step ctest 20 needs-ext -- bash -c 'set -e
+    if ! grep -q "^COGVIDEO_BUILD_TESTS:BOOL=ON" build/cmake/CMakeCache.txt; then
+        cmake -DCOGVIDEO_BUILD_TESTS=ON -Dpybind11_DIR="$("$0" -c "import pybind11; print(pybind11.get_cmake_dir())")" \
+            build/cmake > /dev/null
+        cmake --build build/cmake --target cogvideo_tests
+    fi
+    ctest --test-dir build/cmake --output-on-failure --no-tests=error' "$PY"
 
 if [ -z "$DRY" ]; then
     # shellcheck disable=SC2046,SC2086

@@ -88,9 +88,11 @@ pytest_parallel() {  # pytest-xdist workers for the kernel tests: half the cores
     if [ $n -ge 2 ] && $PY -c "import xdist" 2> /dev/null; then echo "-n $n"; fi
 }
 
-KERNEL_TESTS="tests/test_triton_attention.py tests/test_csrc_attention.py tests/test_backends.py
-    tests/test_triton_local_attention.py tests/test_csrc_local_attention.py tests/test_local_backends.py"
-ENGINE_GPU_TESTS="tests/test_generation.py tests/test_api.py tests/test_runner.py"
+KERNEL_TESTS="tests/kernels/test_triton_attention.py tests/kernels/test_csrc_attention.py
+    tests/kernels/test_backends.py tests/kernels/test_triton_local_attention.py
+    tests/kernels/test_csrc_local_attention.py tests/kernels/test_local_backends.py
+    tests/kernels/test_window_checks.py"
+ENGINE_GPU_TESTS="tests/generation/test_passes.py tests/generation/test_runner.py tests/test_api.py"
 
 log "gpu check: deadline ${DEADLINE} s, out $out, scratch $scratch${DRY:+, CPU dry run}"
 if [ -z "$DRY" ]; then
@@ -157,8 +159,8 @@ if [ -z "$DRY" ]; then
         --case stage2-prefill-3frames-odd --case stage2-decode-b1-q1 --out "$results/attention-bf16-flex.json"
 else  # the same steps in a CPU form with smaller budgets: the kernel tests' CPU cases, small benchmarks,
       # the tiny model
-    step kernel-tests 20 -- "$PY" -m pytest -q -p no:cacheprovider -m "not compile_heavy" tests/test_csrc_attention.py \
-        tests/test_local_backends.py --junitxml="$results/kernel-tests.xml"
+    step kernel-tests 20 -- "$PY" -m pytest -q -p no:cacheprovider -m "not compile_heavy" \
+        tests/kernels/test_csrc_attention.py tests/kernels/test_local_backends.py --junitxml="$results/kernel-tests.xml"
     # shellcheck disable=SC2086
     step engine-gpu-tests 20 -- "$PY" -m pytest -q -p no:cacheprovider -m gpu $ENGINE_GPU_TESTS \
         --junitxml="$results/engine-gpu-tests.xml"

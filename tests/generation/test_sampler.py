@@ -1,5 +1,7 @@
 """The cluster sampler and its keyed randomness."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -24,7 +26,7 @@ def test_sampler_matches_its_exact_distribution():
     hot = torch.randperm(20000, generator=gen)[:40]
     logits[0, hot] = torch.randn(40, generator=gen) * 2
     sampler = toy_sampler(8)
-    params = PassSampling(temperature=1.05, top_k=3, temperature2=0.89)
+    params = replace(VIDEO_SAMPLING, top_k=3)
     exact = sampler.token_distribution(logits, params)[0]
     n = 6000
     drawn = sampler.sample(logits.expand(n, -1), params, [(1, i) for i in range(n)])
@@ -42,7 +44,7 @@ def test_in_cluster_draw_equals_the_full_width_masked_softmax():
     from cogvideo_engine.generation.sampler import keyed_uniforms
 
     sampler = ClusterSampler(torch.randperm(20000, generator=torch.Generator().manual_seed(1)) % 500)
-    params = PassSampling(temperature=1.05, top_k=12, temperature2=0.89)
+    params = VIDEO_SAMPLING
     logits = torch.randn(300, 20000, generator=torch.Generator().manual_seed(2)) * 3
     keys = [(9, i) for i in range(300)]
     drawn = sampler.sample(logits, params, keys)

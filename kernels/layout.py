@@ -54,9 +54,12 @@ class AttentionRule:
             raise ValueError(f"text_capacity must be >= 1, got {self.text_capacity}")
 
     @classmethod
-    def for_layer(cls, pass_: Pass | str, channel: str, layer_id: int, geometry: FrameGeometry,
-                  text_capacity: int, stage1_windowed: bool = False) -> AttentionRule:
-        return cls(Pass.parse(pass_), channel, layer_id % 2, geometry, text_capacity, stage1_windowed)
+    def launch_rules(cls, layout: StreamLayout, text_capacity: int) -> dict[tuple[str, int], AttentionRule]:
+        """Every launch rule of ``layout``'s pass over a cache with ``text_capacity`` text rows, by (channel,
+        layer parity): what a cache builds once and hands to each layer as ``rules[channel, layer_id % 2]``."""
+        return {(channel, parity): cls(layout.pass_, channel, parity, layout.geometry, text_capacity,
+                                       layout.stage1_windowed)
+                for channel in (SPATIAL, TEMPORAL) for parity in (0, 1)}
 
     def stream(self, text_len: int) -> StreamLayout:
         """The :class:`StreamLayout` of a sequence with ``text_len`` text tokens under this launch (every target

@@ -73,9 +73,7 @@ class StaticCache:
         self.pass_ = first.pass_
         self.text_capacity = max(lay.text_len for lay in layouts)
         self.text_len = torch.tensor([lay.text_len for lay in layouts], device=device)
-        self.rules = {(channel, parity): AttentionRule(first.pass_, channel, parity, first.geometry,
-                                                       self.text_capacity, first.stage1_windowed)
-                      for channel in (SPATIAL, TEMPORAL) for parity in (0, 1)}
+        self.rules = AttentionRule.launch_rules(first, self.text_capacity)
         rows = self.rules[SPATIAL, 0].cache_len
         shape = (cfg.num_layers, len(layouts), rows + 1, cfg.num_attention_heads, cfg.head_dim)
         channels = 2 if first.pass_.mixes_temporal else 1

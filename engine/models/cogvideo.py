@@ -38,6 +38,7 @@ class KVCache:
                  device: torch.device | str):
         self.layout = layout
         self.batch_size = batch_size
+        self.rules = AttentionRule.launch_rules(layout, text_capacity=layout.text_len)
         rows = self.rule("spatial", 0).cache_len
         shape = (cfg.num_layers, batch_size, cfg.num_attention_heads, rows, cfg.head_dim)
         channels = 2 if layout.pass_.mixes_temporal else 1
@@ -51,9 +52,7 @@ class KVCache:
         return int(self.filled.sum())
 
     def rule(self, channel: str, layer_id: int) -> AttentionRule:
-        return AttentionRule.for_layer(self.layout.pass_, channel, layer_id, self.layout.geometry,
-                                       text_capacity=self.layout.text_len,
-                                       stage1_windowed=self.layout.stage1_windowed)
+        return self.rules[channel, layer_id % 2]
 
     def write(self, channel: int, layer_id: int, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         self.k[channel][layer_id][:, :, index] = k

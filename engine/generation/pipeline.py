@@ -158,8 +158,7 @@ def stage2_tokens(model: CogVideoModel, encoder: TextEncoder, prompt: str, frame
             out = generate_pass(model, Pass.STAGE2, text.expand(len(chunk), -1), given, 2, sampler, settings.video,
                                 [(seed, s, SamplingPass.STAGE2, round_id, w) for s, w in chunk],
                                 text_bias=settings.text_bias, schedule=settings.schedule, boi_id=encoder.boi_id,
-                                runner=runner,
-                                progress=progress)
+                                runner=runner, progress=progress)
             for row, (s, w) in enumerate(chunk):
                 generated[s, w] = out.tokens[row]
         frames = merge_round(frames, generated)

@@ -18,6 +18,7 @@ Sub-packages, bottom to top (each imports only from those before it; ``kernels``
                   the embedded default assets
     generation/   settings and defaults, sampler, scheduler, runner, pass generation, pipelines,
                   super-resolution, teacher-forced scoring
+    serving/      requests, the engine core (one loop: batches across requests), AsyncEngine
     api, cli, info, metrics   the front ends: Engine, the command line, the backend report, latency figures
 """
 
@@ -39,6 +40,9 @@ _LAZY = {
     "ModelConfig": "models.config", "DsrConfig": "models.config", "stage1_config": "models.config",
     "stage2_config": "models.config", "tiny_config": "models.config",
     "Engine": "api", "SamplingParams": "api", "VideoOutput": "api", "Cancelled": "api",
+    "AsyncEngine": "serving.async_engine", "RequestHandle": "serving.async_engine", "Event": "serving.types",
+    "Checkpoint": "serving.types", "AdmissionError": "serving.types", "QueueFull": "serving.types",
+    "EngineCore": "serving.core",
     "Pass": "kernels.rules", "StreamLayout": "kernels.rules", "FrameGeometry": "kernels.rules",
 }
 

@@ -26,8 +26,8 @@ def test_generate_batch_seeds_and_outputs(engine):
     assert [v.prompt for v in videos] == ["a cat", "a dog", "a dog"] and [v.sample for v in videos] == [0, 0, 1]
     v = videos[0]
     assert v.frames.shape == (5, 160, 160, 3) and v.frames.dtype == torch.uint8 and v.tokens.shape == (5, 400)
-    assert v.fps == 4.0 and set(v.timings) == {"stage1", "time_to_first_frame", "decode", "total"}
-    assert 0 < v.timings["time_to_first_frame"] < v.timings["stage1"]
+    assert v.fps == 4.0 and set(v.timings) == {"queue", "stage1", "time_to_first_frame", "decode", "total"}
+    assert 0 < v.timings["time_to_first_frame"] < v.timings["total"] and 0 < v.timings["stage1"] < v.timings["total"]
     assert v.latency["stage1"]["num_steps"] == 2000 and "p90_ms" in v.latency_report()
     assert v.latency["stage1"]["weight_gbytes_per_s"] > 0 and v.latency["decode"]["num_steps"] == 5
     again = engine.generate("a cat", FAST)[0]
@@ -42,7 +42,7 @@ def test_cancel_stops_and_errors_are_named(engine):
         calls.append(done)
         return done < 10
 
-    with pytest.raises(Cancelled, match="stage1 at step 10"):
+    with pytest.raises(Cancelled, match="stage1 at 10/2000 tokens"):
         engine.generate("a cat", FAST, progress=stop_early)
     with pytest.raises(Cancelled):
         engine.generate("a cat", FAST, cancel=lambda: True)

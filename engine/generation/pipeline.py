@@ -12,7 +12,9 @@ Stage 2 turns N frames into 2N - 1: window i holds parents (2i, 2i+1, 2i+2) in s
 frames between them in slots 3 and 4; frames merge as [slot 0, slot 3, slot 1, slot 4] per window plus the last
 window's slot 2 (5 -> 9 -> 17 -> 33).
 
-Randomness keys: (seed, sample, pass, round, window) + (slot, position), the pass a :class:`.SamplingPass`.
+Randomness keys: (seed, sample, pass, round, window) + (slot, position), the pass a :class:`.SamplingPass`;
+:func:`first_frame_row`, :func:`stage1_row` and :func:`stage2_row` make each pass's rows (texts, given frames,
+keys, settings) for these functions and for the serving loop alike.
 
 The model's BOI token is the encoder's (``encoder.boi_id``), not a setting.
 """
@@ -28,8 +30,8 @@ from cogvideo_engine.kernels.rules import Pass
 from ..checks import require_int, require_token_tensor
 from ..models.cogvideo import CogVideoModel
 from ..models.config import NUM_IMAGE_TOKENS
-from .passes import generate_pass
-from .runner import ModelRunner
+from .passes import PassRow, decode_pass
+from .runner import ModelRunner, layouts_for
 from .sampler import ClusterSampler, SamplingPass
 from .settings import SHIPPED_SETTINGS, STAGE2_DURATIONS, PipelineSettings
 
@@ -91,6 +93,43 @@ def _shorten(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
+def first_frame_row(first_ids: list[int], sample: int, seed: int, settings: PipelineSettings,
+                    frame_len: int) -> PassRow:
+    """The first-frame pass of one sample (the CogView2 path): its text, no given frame, its key."""
+    return PassRow(_ids(first_ids), torch.zeros(0, frame_len, dtype=torch.long),
+                   (seed, sample, SamplingPass.FIRST_FRAME, 0, 0), settings.first_frame, settings.text_bias)
+
+
+def stage1_row(main_ids: list[int], guider_ids: list[int] | None, first_frame: torch.Tensor, sample: int, seed: int,
+               settings: PipelineSettings) -> PassRow:
+    """Frames 1-4 of one sample given its first frame ``[1, F]``; guided: text bias 0, the guider stream beside."""
+    guided = guider_ids is not None
+    return PassRow(_ids(main_ids), first_frame, (seed, sample, SamplingPass.STAGE1, 0, 0), settings.video,
+                   0.0 if guided else settings.text_bias, _ids(guider_ids) if guided else None,
+                   settings.guidance_alpha)
+
+
+def stage2_row(round_ids: list[int], parents: torch.Tensor, sample: int, window: int, round_id: int, seed: int,
+               settings: PipelineSettings) -> PassRow:
+    """One interpolation window of round ``round_id`` given its parent frames ``[3, F]`` (slots 0-2)."""
+    return PassRow(_ids(round_ids), parents, (seed, sample, SamplingPass.STAGE2, round_id, window), settings.video,
+                   settings.text_bias)
+
+
+def run_rows(runner: ModelRunner, stage: Pass, num_targets: int, rows: list[PassRow], sampler: ClusterSampler,
+             settings: PipelineSettings, boi_id: int, progress=None) -> torch.Tensor:
+    """``[len(rows), num_targets, F]``: the rows in chunks of ``settings.max_batch``, each on a fresh cache."""
+    out = []
+    for start in range(0, len(rows), settings.max_batch):
+        chunk = rows[start:start + settings.max_batch]
+        streams = [r.text.numel() for r in chunk] + [r.guider_text.numel() for r in chunk if r.guider_text is not None]
+        cache = runner.new_cache(layouts_for(runner.model, stage, streams, num_targets))
+        on_step = None if progress is None else (lambda step, total, positions: progress(step, total))
+        out.append(decode_pass(runner, cache, stage, num_targets, chunk, sampler, schedule=settings.schedule,
+                               boi_id=boi_id, on_step=on_step).tokens)
+    return torch.cat(out)
+
+
 def stage1_tokens(model: CogVideoModel, encoder: TextEncoder, prompt: str, num_samples: int, seed: int,
                   sampler: ClusterSampler, settings: PipelineSettings = SHIPPED_SETTINGS, *,
                   backend: str | None = None, progress=None) -> torch.Tensor:
@@ -99,21 +138,14 @@ def stage1_tokens(model: CogVideoModel, encoder: TextEncoder, prompt: str, num_s
     first_ids, main, guider = stage1_texts(encoder, prompt, settings)
     _check_texts(model, prompt, _stage1_passes(first_ids, main, guider))
     runner = ModelRunner(model, backend)
-    first_text = _ids(first_ids).expand(num_samples, -1)
-    first = generate_pass(model, Pass.FIRST_FRAME, first_text, None, 1, sampler, settings.first_frame,
-                          [(seed, s, SamplingPass.FIRST_FRAME, 0, 0) for s in range(num_samples)],
-                          text_bias=settings.text_bias, schedule=settings.schedule, boi_id=encoder.boi_id,
-                          runner=runner, progress=progress)
-    guided = settings.use_guidance_stage1
-    frames = generate_pass(
-        model, Pass.STAGE1, _ids(main).expand(num_samples, -1), first.tokens, Pass.STAGE1.max_targets, sampler,
-        settings.video,
-        [(seed, s, SamplingPass.STAGE1, 0, 0) for s in range(num_samples)],
-        text_bias=0.0 if guided else settings.text_bias,
-        guider_text_ids=_ids(guider).expand(num_samples, -1) if guided else None,
-        guidance_alpha=settings.guidance_alpha, schedule=settings.schedule, boi_id=encoder.boi_id, runner=runner,
-        progress=progress)
-    return torch.cat([first.tokens, frames.tokens], dim=1)
+    frame_len = model.config.geometry.frame_len
+    first = run_rows(runner, Pass.FIRST_FRAME, 1,
+                     [first_frame_row(first_ids, s, seed, settings, frame_len) for s in range(num_samples)],
+                     sampler, settings, encoder.boi_id, progress)
+    frames = run_rows(runner, Pass.STAGE1, Pass.STAGE1.max_targets,
+                      [stage1_row(main, guider, first[s], s, seed, settings) for s in range(num_samples)],
+                      sampler, settings, encoder.boi_id, progress)
+    return torch.cat([first, frames], dim=1)
 
 
 def interpolation_windows(num_frames: int) -> list[tuple[int, int, int]]:
@@ -149,17 +181,8 @@ def stage2_tokens(model: CogVideoModel, encoder: TextEncoder, prompt: str, frame
     samples = frames.shape[0]
     for round_id, ids in enumerate(texts):
         windows = interpolation_windows(frames.shape[1])
-        text = _ids(ids)
-        jobs = [(s, w) for s in range(samples) for w in range(len(windows))]
-        generated = torch.full((samples, len(windows), 2, frames.shape[2]), -1, dtype=torch.long)
-        for start in range(0, len(jobs), settings.max_batch):
-            chunk = jobs[start:start + settings.max_batch]
-            given = torch.stack([frames[s, list(windows[w])] for s, w in chunk])
-            out = generate_pass(model, Pass.STAGE2, text.expand(len(chunk), -1), given, 2, sampler, settings.video,
-                                [(seed, s, SamplingPass.STAGE2, round_id, w) for s, w in chunk],
-                                text_bias=settings.text_bias, schedule=settings.schedule, boi_id=encoder.boi_id,
-                                runner=runner, progress=progress)
-            for row, (s, w) in enumerate(chunk):
-                generated[s, w] = out.tokens[row]
-        frames = merge_round(frames, generated)
+        rows = [stage2_row(ids, frames[s, list(windows[w])], s, w, round_id, seed, settings)
+                for s in range(samples) for w in range(len(windows))]
+        generated = run_rows(runner, Pass.STAGE2, 2, rows, sampler, settings, encoder.boi_id, progress)
+        frames = merge_round(frames, generated.reshape(samples, len(windows), 2, -1))
     return frames

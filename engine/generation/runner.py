@@ -5,9 +5,13 @@ What the reference model computes (:mod:`cogvideo_engine.models.cogvideo`), arra
 * both channels' QKV projections read the same LN'd input: one GEMM with concatenated weights;
 * frame rows of video passes mix ``alpha * dense_base(cs) + (1 - alpha) * dense_plus(ct)``: one GEMM over
   ``[cs | ct]`` with alpha folded into the weights (text rows and the first-frame pass use dense_base alone);
-* the KV cache is allocated once per batch in the layout of :mod:`cogvideo_engine.kernels.layout` -- a fixed
-  text region of ``text_capacity`` rows, then every slot at a fixed offset -- so rows with different text
-  lengths (the guided cond and uncond streams, different prompts) share every forward, frames aligned;
+* the KV cache is preallocated in the layout of :mod:`cogvideo_engine.kernels.layout` -- a fixed text region of
+  ``text_capacity`` rows, then every slot at a fixed offset -- so rows with different text lengths (the
+  guided cond and uncond streams, different prompts) share every forward, frames aligned; a cache holds up
+  to ``capacity`` rows and is re-bound to new rows (:meth:`StaticCache.bind`) for every batch it serves, so it
+  lives as long as the engine (:class:`~.cache_pool.CachePool`);
+* on CPU in fp32 the linear layers run the batch-invariant kernel (``kernels.batch_invariant``): a row's
+  outputs are bit-identical whatever else shares the forward, so batching requests changes no token;
 * attention goes through a backend by name (``reference``, ``triton``, ``cpu``, ``cuda``);
 * a forward takes its position ids from one table (base rows below the extra table's start, then the extra
   rows) by plain indexing, and nothing in it waits for the host, so on CUDA a decode step is captured once
@@ -19,12 +23,14 @@ feeds its own text (padded to ``text_capacity`` with ignored queries) and the gi
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from cogvideo_engine.kernels.batch_invariant import linear_rows, linear_rows_available
 from cogvideo_engine.kernels.layout import SPATIAL, TEMPORAL, AttentionRule
 from cogvideo_engine.kernels.reference import compute_dtype
 from cogvideo_engine.kernels.registry import default_backend, get_backend
@@ -38,7 +44,7 @@ SMALL_ROWS = 8
 GRAPH_SAFE_BACKENDS = ("triton", "cuda")  # backends with no host synchronisation inside (CUDA-graph capturable)
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def _blas_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear``; on CPU with a few rows (decode) as ``W @ x^T``, which the CPU BLAS runs as a
     weight-streaming kernel (measured 7x faster than ``F.linear`` for 2 rows x the 20000 x 512 head)."""
     rows = x.numel() // x.shape[-1]
@@ -47,6 +53,18 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     flat = x.reshape(rows, x.shape[-1])
     out = torch.addmm(bias[:, None], weight, flat.t()) if bias is not None else weight @ flat.t()
     return out.t().reshape(*x.shape[:-1], weight.shape[0])
+
+
+def batch_invariance_status(device: torch.device | str, dtype: torch.dtype) -> tuple[bool, str]:
+    """Whether decode forwards on ``device`` in ``dtype`` are batch-invariant here (a row's logits bit-identical
+    whatever shares its forward), and why (not)."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        return False, (f"on {device.type} the linear layers use the vendor BLAS; rows are padded to the cache's "
+                       "capacity (one shape per cache), which cuBLAS computes the same way for every row position")
+    if dtype != torch.float32:
+        return False, f"the batch-invariant linear kernel is fp32 only (model dtype {dtype})"
+    return linear_rows_available()
 
 
 @dataclass
@@ -60,30 +78,67 @@ class _LayerWeights:
 
 
 class StaticCache:
-    """K/V of both channels for a batch of rows, ``[layers, B, rows + 1, H, d]`` per channel and K/V.
+    """K/V of both channels for up to ``capacity`` rows, ``[layers, capacity, rows + 1, H, d]`` per channel and
+    K/V, allocated once (zeros) and re-bound to the rows of each batch it serves (:meth:`bind`).
 
     Row ``text_capacity + frame_len * slot + p`` holds slot ``slot``, block position ``p``; text token ``j``
     of batch row ``b`` sits at row ``j`` (rows ``text_len[b]..text_capacity-1`` unused). The extra last row
-    absorbs the writes of padded queries. Kernels read it through a ``[B, H, rows, d]`` strided view.
+    absorbs the writes of padded queries. Kernels read it through a ``[B, H, rows, d]`` strided view of the
+    first ``B`` bound rows. What a previous batch left in the cache is never read: a query sees only text rows
+    below its own text length, the given frames (prefilled) and target positions fed before it.
     """
 
-    def __init__(self, cfg: ModelConfig, layouts: list[StreamLayout], dtype, device):
-        first = layouts[0]
-        self.layouts = layouts
-        self.pass_ = first.pass_
-        self.text_capacity = max(lay.text_len for lay in layouts)
-        self.text_len = torch.tensor([lay.text_len for lay in layouts], device=device)
-        self.rules = AttentionRule.launch_rules(first, self.text_capacity)
+    def __init__(self, cfg: ModelConfig, layout: StreamLayout, text_capacity: int, capacity: int, dtype, device):
+        self.pass_, self.num_targets = layout.pass_, layout.num_targets
+        self.geometry, self.stage1_windowed = layout.geometry, layout.stage1_windowed
+        self.text_capacity, self.capacity = text_capacity, capacity
+        if not layout.text_len <= text_capacity:
+            raise ValueError(f"text length {layout.text_len} exceeds the cache's text capacity {text_capacity}")
+        self.rules = AttentionRule.launch_rules(layout, text_capacity)
         rows = self.rules[SPATIAL, 0].cache_len
-        shape = (cfg.num_layers, len(layouts), rows + 1, cfg.num_attention_heads, cfg.head_dim)
-        channels = 2 if first.pass_.mixes_temporal else 1
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(channels)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(channels)]
+        shape = (cfg.num_layers, capacity, rows + 1, cfg.num_attention_heads, cfg.head_dim)
+        channels = 2 if layout.pass_.mixes_temporal else 1
+        self._k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(channels)]
+        self._v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(channels)]
+        self._text_len = torch.ones(capacity, dtype=torch.long, device=device)
         self.scratch_row = rows
+        self.graphs: DecodeGraphs | None = None  # the CUDA graphs of this cache's steps, while it lives
+        self.bind([layout])
+
+    @property
+    def key(self) -> tuple:
+        """What a batch must share to use this cache: pass, targets, geometry, temporal rule."""
+        return self.pass_, self.num_targets, self.geometry, self.stage1_windowed
+
+    def bind(self, layouts: list[StreamLayout]) -> StaticCache:
+        """Serve one row per layout (at most ``capacity``; all of this cache's :attr:`key`, text lengths up to
+        ``text_capacity``) from now on."""
+        if not 1 <= len(layouts) <= self.capacity:
+            raise ValueError(f"{len(layouts)} rows for a cache of {self.capacity}")
+        for lay in layouts:
+            if (lay.pass_, lay.num_targets, lay.geometry, lay.stage1_windowed) != self.key:
+                raise ValueError("rows of one cache must share the pass, targets, geometry and temporal rule")
+            if lay.text_len > self.text_capacity:
+                raise ValueError(f"text length {lay.text_len} exceeds the cache's text capacity {self.text_capacity}")
+        b = len(layouts)
+        self.layouts = list(layouts)
+        self._text_len[:b].copy_(torch.tensor([lay.text_len for lay in layouts]))
+        self.text_len = self._text_len[:b]
+        self.k = [t[:, :b] for t in self._k]
+        self.v = [t[:, :b] for t in self._v]
+        return self
+
+    def row(self, b: int) -> StaticCache:
+        """A view of bound row ``b`` alone (a one-row cache sharing this one's memory)."""
+        view = copy.copy(self)
+        view.layouts, view.text_len = [self.layouts[b]], self.text_len[b:b + 1]
+        view.k, view.v = [t[:, b:b + 1] for t in self.k], [t[:, b:b + 1] for t in self.v]
+        view.graphs = None
+        return view
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+        return sum(t.numel() * t.element_size() for t in self._k + self._v)
 
     def rule(self, channel: str, layer_id: int) -> AttentionRule:
         return self.rules[channel, layer_id % 2]
@@ -91,6 +146,13 @@ class StaticCache:
     def view(self, channel: int, layer_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         return (self.k[channel][layer_id].transpose(1, 2)[:, :, :-1],
                 self.v[channel][layer_id].transpose(1, 2)[:, :, :-1])
+
+
+def cache_bytes_per_row(cfg: ModelConfig, layout: StreamLayout, text_capacity: int, dtype: torch.dtype) -> int:
+    """Bytes one row of a :class:`StaticCache` for ``layout``'s pass takes (both channels where mixed, K and V)."""
+    rows = AttentionRule.launch_rules(layout, text_capacity)[SPATIAL, 0].cache_len + 1
+    channels = 2 if layout.pass_.mixes_temporal else 1
+    return 2 * channels * cfg.num_layers * rows * cfg.hidden_size * torch.empty(0, dtype=dtype).element_size()
 
 
 def weight_bytes(model: CogVideoModel) -> int:
@@ -104,10 +166,16 @@ def weight_bytes(model: CogVideoModel) -> int:
 class ModelRunner:
     """Runs a :class:`CogVideoModel` with fused weights and a static cache (see the module docstring)."""
 
-    def __init__(self, model: CogVideoModel, backend=None, *, cuda_graphs: bool | None = None):
+    fusions = 0
+    """How many runners fused a model's weights in this process (each fuses once, when made)."""
+
+    def __init__(self, model: CogVideoModel, backend=None, *, cuda_graphs: bool | None = None,
+                 batch_invariant: bool | None = None):
         """``backend``: a backend name (None: the best available) or an attention function with the contract
         of ``kernels.reference.window_attention`` (e.g. a benchmark's baseline). ``cuda_graphs``: replay decode
-        steps as CUDA graphs (None: on CUDA with a fused backend, ``triton`` or ``cuda``)."""
+        steps as CUDA graphs (None: on CUDA with a fused backend, ``triton`` or ``cuda``). ``batch_invariant``:
+        decode forwards with the batch-invariant linear kernel (None: where :func:`batch_invariance_status`
+        says it applies -- CPU, fp32, the extension built; True where it does not is an error)."""
         self.model = model
         cfg = model.config
         p = next(model.parameters())
@@ -118,6 +186,10 @@ class ModelRunner:
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs needs a model on a CUDA device")
         self.cuda_graphs = cuda_graphs
+        possible, why = batch_invariance_status(self.device, self.dtype)
+        if batch_invariant and not possible:
+            raise ValueError(f"batch_invariant needs the fp32 CPU kernel: {why}")
+        self.batch_invariant = possible if batch_invariant is None else batch_invariant
         self.backend = backend
         self.attend = backend if callable(backend) else get_backend(backend, self.device)
         plus = model.mixins["attention_plus"]
@@ -143,15 +215,32 @@ class ModelRunner:
         start = cfg.geometry.extra_table_start  # position id -> row of [base[:start] | extra]
         self.position_table = torch.cat([model.transformer.position_embeddings.weight[:start],
                                          model.mixins["extra_position_embedding"].position_embeddings.weight])
+        ModelRunner.fusions += 1
 
-    def new_cache(self, layouts: list[StreamLayout]) -> StaticCache:
-        """A cache for one row per layout; all rows share the pass, the number of targets and the geometry."""
-        first = layouts[0]
-        for lay in layouts:
-            if (lay.pass_, lay.num_targets, lay.geometry, lay.stage1_windowed) != \
-                    (first.pass_, first.num_targets, first.geometry, first.stage1_windowed):
-                raise ValueError("rows of one cache must share the pass, targets, geometry and temporal rule")
-        return StaticCache(self.model.config, layouts, self.dtype, self.device)
+    def follow_model(self) -> None:
+        """After the model moved (``model.to(device)``, offload): move the runner's own fused copies with it
+        (the model's parameters it uses directly move with the model). Cheap when nothing moved."""
+        device = next(self.model.parameters()).device
+        if device == self.device:
+            return
+        for w in self.layers:
+            for name in ("qkv_w", "qkv_b", "mixed_out_w", "mixed_out_b"):
+                setattr(w, name, getattr(w, name).to(device))
+            w.base_out_w = w.base_out_w.to(device)
+            w.base_out_b = w.base_out_b.to(device)
+        self.logits_head = self.logits_head.to(device)
+        self.position_table = self.position_table.to(device)
+        self.device = device
+
+    def new_cache(self, layouts: list[StreamLayout], *, text_capacity: int | None = None,
+                  capacity: int | None = None) -> StaticCache:
+        """A cache bound to one row per layout (all rows share the pass, the number of targets and the geometry),
+        with room for ``capacity`` rows (default: these) of up to ``text_capacity`` text tokens (default: the
+        longest of these)."""
+        text_capacity = max(lay.text_len for lay in layouts) if text_capacity is None else text_capacity
+        cache = StaticCache(self.model.config, layouts[0], text_capacity, capacity or len(layouts), self.dtype,
+                            self.device)
+        return cache.bind(layouts)
 
     # -- inputs -------------------------------------------------------------------------------------------
 
@@ -165,27 +254,35 @@ class ModelRunner:
     def prefill(self, cache: StaticCache, text_ids: list[torch.Tensor], given_ids: torch.Tensor,
                 text_bias: torch.Tensor, *, logits: bool = False) -> torch.Tensor | None:
         """Feed each row's text (``text_ids[b]``: its own length) and the given blocks ``given_ids [B, n, F]``
-        (already BOI-shifted: ``[BOI, token 0..F-2]``). Returns ``[B, text_capacity + F * n, V]`` logits if
-        asked (rows of padded text positions are meaningless)."""
-        b = len(cache.layouts)
-        cap = cache.text_capacity
-        frame_len = cache.layouts[0].geometry.frame_len
-        n_given = given_ids.shape[1]
-        text = torch.zeros(b, cap, dtype=torch.long, device=self.device)
-        q_text = torch.full((b, cap), -1, dtype=torch.long, device=self.device)
-        for i, t in enumerate(text_ids):
-            text[i, :t.numel()] = t.to(self.device)
-            q_text[i, :t.numel()] = torch.arange(t.numel(), device=self.device)
-        positions = [(s, p) for s in range(n_given) for p in range(frame_len)]
-        ids = torch.cat([text, given_ids.reshape(b, -1).to(self.device)], dim=1)
-        q_index = torch.cat([q_text, self.frame_index(cache, positions)], dim=1) if positions else q_text
-        return self._forward(cache, ids, q_index, self.position_ids(cache, q_index),
-                             text_bias.to(self.device, torch.float32), logits)
+        (already BOI-shifted: ``[BOI, token 0..F-2]``). Returns ``[B, T + F * n, V]`` logits if asked, ``T``
+        the longest row's text length (a shorter row's logits are zeros after its own text).
+
+        Each row is prefilled on its own (its text unpadded): a prefill is thousands of rows, where the BLAS
+        picks its algorithm by shape, so a row's cache must not depend on the batch it shares.
+        """
+        n_given, frame_len = given_ids.shape[1], cache.layouts[0].geometry.frame_len
+        longest = max(t.numel() for t in text_ids)
+        out = None
+        for b, t in enumerate(text_ids):
+            row = cache.row(b)
+            positions = [(s, p) for s in range(n_given) for p in range(frame_len)]
+            ids = torch.cat([t.to(self.device), given_ids[b].reshape(-1).to(self.device)])[None]
+            q_text = torch.arange(t.numel(), device=self.device)[None]
+            q_index = torch.cat([q_text, self.frame_index(row, positions)], dim=1) if positions else q_text
+            got = self._forward(row, ids, q_index, self.position_ids(row, q_index),
+                                text_bias[b:b + 1].to(self.device, torch.float32), logits, invariant=False)
+            if logits:
+                if out is None:
+                    out = got.new_zeros(len(text_ids), longest + n_given * frame_len, got.shape[-1])
+                out[b, :t.numel()] = got[0, :t.numel()]
+                out[b, longest:] = got[0, t.numel():]
+        return out
 
     def step(self, cache: StaticCache, positions: list[tuple[int, int]], input_ids: torch.Tensor,
              text_bias: torch.Tensor) -> torch.Tensor:
         """Feed frame positions (the same for every row) with ``input_ids [B, n]``; logits ``[B, n, V]``."""
-        return self._forward(cache, *self.step_inputs(cache, positions, input_ids, text_bias), True)
+        return self._forward(cache, *self.step_inputs(cache, positions, input_ids, text_bias), True,
+                             invariant=self.batch_invariant)
 
     def step_inputs(self, cache: StaticCache, positions: list[tuple[int, int]], input_ids: torch.Tensor,
                     text_bias: torch.Tensor) -> list[torch.Tensor]:
@@ -198,7 +295,9 @@ class ModelRunner:
         """The decode-step function for ``cache``: :meth:`step`, or its CUDA-graph replay when enabled."""
         if not self.cuda_graphs:
             return lambda positions, input_ids, text_bias: self.step(cache, positions, input_ids, text_bias)
-        return DecodeGraphs(self, cache).step
+        if cache.graphs is None or cache.graphs.runner is not self:
+            cache.graphs = DecodeGraphs(self, cache)
+        return cache.graphs.step
 
     @staticmethod
     def position_ids(cache: StaticCache, q_index: torch.Tensor) -> torch.Tensor:
@@ -210,9 +309,11 @@ class ModelRunner:
 
     @torch.no_grad()
     def _forward(self, cache: StaticCache, ids: torch.Tensor, q_index: torch.Tensor, position: torch.Tensor,
-                 text_bias: torch.Tensor, want_logits: bool) -> torch.Tensor | None:
-        """One forward; device tensors in, no host synchronisation inside (CUDA-graph capturable)."""
+                 text_bias: torch.Tensor, want_logits: bool, *, invariant: bool = False) -> torch.Tensor | None:
+        """One forward; device tensors in, no host synchronisation inside (CUDA-graph capturable).
+        ``invariant``: the linear layers through the batch-invariant kernel (decode steps)."""
         model = self.model
+        linear = linear_rows if invariant else _blas_linear
         b, n = ids.shape
         valid = q_index >= 0
         safe = q_index.clamp(min=0)
@@ -228,7 +329,7 @@ class ModelRunner:
         channels = 2 if cache.pass_.mixes_temporal else 1
         for layer_id, (layer, w) in enumerate(zip(model.transformer.layers, self.layers, strict=True)):
             a = layer.input_layernorm(x)
-            qkv = _linear(a, w.qkv_w[:3 * h * channels], w.qkv_b[:3 * h * channels])
+            qkv = linear(a, w.qkv_w[:3 * h * channels], w.qkv_b[:3 * h * channels])
             contexts = []
             for channel in range(channels):
                 q, k, v = qkv[..., 3 * h * channel: 3 * h * (channel + 1)].split(h, dim=-1)
@@ -239,22 +340,23 @@ class ModelRunner:
                 ctx = self.attend(q.view(b, n, self.heads, self.head_dim).transpose(1, 2), k_all, v_all, *meta,
                                   cache.rule(name, layer_id))
                 contexts.append(ctx.transpose(1, 2).reshape(b, n, h))
-            out = _linear(contexts[0], w.base_out_w, w.base_out_b)
+            out = linear(contexts[0], w.base_out_w, w.base_out_b)
             if channels == 2:
-                mixed = _linear(torch.cat(contexts, dim=-1), w.mixed_out_w, w.mixed_out_b)
+                mixed = linear(torch.cat(contexts, dim=-1), w.mixed_out_w, w.mixed_out_b)
                 out = torch.where(mixes, mixed, out)
             x = x + layer.third_layernorm(out)
             m = layer.post_attention_layernorm(x)
-            up = _linear(m, layer.mlp.dense_h_to_4h.weight, layer.mlp.dense_h_to_4h.bias)
-            x = x + layer.fourth_layernorm(_linear(gelu_tanh(up), layer.mlp.dense_4h_to_h.weight,
+            up = linear(m, layer.mlp.dense_h_to_4h.weight, layer.mlp.dense_h_to_4h.bias)
+            x = x + layer.fourth_layernorm(linear(gelu_tanh(up), layer.mlp.dense_4h_to_h.weight,
                                                    layer.mlp.dense_4h_to_h.bias))
         if not want_logits:
             return None
-        return _linear(model.transformer.final_layernorm(x).to(self.logits_head.dtype), self.logits_head)
+        return linear(model.transformer.final_layernorm(x).to(self.logits_head.dtype), self.logits_head)
 
 
 class DecodeGraphs:
-    """CUDA graphs of :meth:`ModelRunner.step` for one cache: one per number of positions fed per step.
+    """CUDA graphs of :meth:`ModelRunner.step` for one cache: one per number of positions fed per step, kept on the
+    cache (:attr:`StaticCache.graphs`) and replayed for every batch the cache serves at the same bound row count.
 
     The first step with ``n`` positions runs once eagerly on a side stream (warm-up; feeding the same positions
     twice writes the same keys, so it is harmless), is captured into a graph reading static input buffers, and
@@ -262,17 +364,21 @@ class DecodeGraphs:
     returned logits live in the graph's output buffer until the next replay of that graph.
     """
 
+    captures = 0
+    """Graphs captured in this process (a test counts them across requests)."""
+
     def __init__(self, runner: ModelRunner, cache: StaticCache):
         self.runner, self.cache = runner, cache
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor] | None] = {}
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor] | None] = {}
 
     def step(self, positions: list[tuple[int, int]], input_ids: torch.Tensor, text_bias: torch.Tensor):
         r, cache = self.runner, self.cache
         inputs = r.step_inputs(cache, positions, input_ids, text_bias)
-        n = len(positions)
+        n = (len(cache.layouts), len(positions))
         if n not in self.graphs:
             try:
                 self.graphs[n] = self._capture(inputs)
+                DecodeGraphs.captures += 1
             except RuntimeError as e:  # e.g. an op that synchronises: run eagerly from now on, and say so
                 warnings.warn(f"CUDA-graph capture of the decode step failed, running it eagerly: {e}", stacklevel=2)
                 self.graphs[n] = None

@@ -63,11 +63,6 @@ class CachePool:
         """Bytes of one cache row of ``pass_`` for a model of ``cfg`` in ``dtype``."""
         return cache_bytes_per_row(cfg, cfg.layout(pass_, 1, num_targets), text_capacity(cfg, pass_), dtype)
 
-    def max_rows(self, cfg: ModelConfig, dtype: torch.dtype, device: torch.device, pass_: Pass,
-                 num_targets: int) -> int:
-        """How many rows of ``pass_`` one cache on ``device`` can hold within the budget."""
-        return self.budget(device) // self.bytes_per_row(cfg, dtype, pass_, num_targets)
-
     @property
     def nbytes(self) -> int:
         return sum(c.nbytes for c in self._caches.values())

@@ -136,7 +136,8 @@ class AsyncEngine:
     """Serves requests of any thread or event loop from one loop thread over an
     :class:`~cogvideo_engine.api.Engine`'s core (see the module docstring and :mod:`.core`).
 
-    max_rows, cache_memory_bytes: the core's row and cache budgets (None: the core's defaults); max_queued:
+    max_rows, cache_memory_bytes: the core's row and cache budgets (None: as they are; the engine's own settings
+    come back at shutdown); max_queued:
     unfinished requests accepted (beyond: :class:`~.types.QueueFull` at submit); previews: frame events by
     default (decoding each frame as it completes; they are reused for the final video).
     """
@@ -146,6 +147,7 @@ class AsyncEngine:
                  max_pending_frames: int = MAX_PENDING_FRAMES):
         self.engine = engine
         core: EngineCore = engine.core
+        self._restore = core.max_rows, core.pool.budget_bytes, core.max_queued
         if max_rows is not None:
             core.max_rows = max_rows
         if cache_memory_bytes is not None:
@@ -228,6 +230,8 @@ class AsyncEngine:
                 _wait(lambda: self.core.num_unfinished == 0, timeout)
             self._stop.set()
         self._thread.join(timeout)
+        core = self.core
+        core.max_rows, core.pool.budget_bytes, core.max_queued = self._restore
 
     def __enter__(self) -> AsyncEngine:
         return self

@@ -105,6 +105,8 @@ class EngineCore:
         self._ids = itertools.count()
         self._step_seconds: dict[WorkKind, float] = {}  # measured seconds per forward step (per frame: SR, decode)
         self._resident = None
+        self._row_bytes_of: dict[WorkKind, int] = {}
+        self._num_steps_of: dict[tuple[WorkKind, str], int] = {}
 
     # -- admission ------------------------------------------------------------------------------------------
 
@@ -172,13 +174,14 @@ class EngineCore:
 
     def row_budget(self, kind: WorkKind) -> int:
         """Cache rows one forward of ``kind`` may take: ``max_rows`` within the cache budget."""
-        model = self._model(kind)
-        return min(self.max_rows, self.pool.max_rows(model.config, _dtype(model), self._device(model), kind.pass_,
-                                                     PASS_TARGETS[kind]))
+        return min(self.max_rows, self.pool.budget(self._device(self._model(kind))) // self._row_bytes(kind))
 
     def _row_bytes(self, kind: WorkKind) -> int:
-        model = self._model(kind)
-        return self.pool.bytes_per_row(model.config, _dtype(model), kind.pass_, PASS_TARGETS[kind])
+        if kind not in self._row_bytes_of:
+            model = self._model(kind)
+            self._row_bytes_of[kind] = self.pool.bytes_per_row(model.config, _dtype(model), kind.pass_,
+                                                               PASS_TARGETS[kind])
+        return self._row_bytes_of[kind]
 
     def _device(self, model) -> torch.device:
         """Where ``model`` runs: the offload device, else where it lives."""
@@ -405,9 +408,13 @@ class EngineCore:
         return eta
 
     def _num_steps(self, request: Request, kind: WorkKind) -> int:
-        model = self._model(kind)
-        layout = model.config.layout(kind.pass_, 1, PASS_TARGETS[kind])
-        return len(make_schedule(layout, model.config.num_layers, request.params.schedule))
+        """Forward steps of one pass of ``kind`` under the request's schedule."""
+        key = kind, request.params.schedule
+        if key not in self._num_steps_of:
+            model = self._model(kind)
+            layout = model.config.layout(kind.pass_, 1, PASS_TARGETS[kind])
+            self._num_steps_of[key] = len(make_schedule(layout, model.config.num_layers, key[1]))
+        return self._num_steps_of[key]
 
     def _passes_per_round(self, request: Request, kind: WorkKind) -> int:
         if kind is not WorkKind.STAGE2:
@@ -472,7 +479,7 @@ class EngineCore:
                 self._preview(request, s, request.tokens[s, :1], frame_index=0)
         elif finished is WorkKind.STAGE2:
             for s in range(request.samples):
-                self._preview(request, s, request.tokens[s], round=request.round + 1)
+                self._preview(request, s, request.tokens[s], round=request.rounds_done)
 
     def _decode(self, request: Request, tokens: torch.Tensor) -> torch.Tensor:
         """uint8 frames of ``tokens [N, 400]``, reusing the request's earlier previews of the same frames."""

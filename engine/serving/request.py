@@ -218,7 +218,7 @@ class Request:
             kind = WorkKind.STAGE1
         elif not self.params.only_first_stage and n < self.final_frames:
             kind = WorkKind.STAGE2
-            self.round = int(math.log2((n - 1) // (STAGE1_FRAMES - 1)))
+            self.round = self.rounds_done
         elif self.want_super_resolution and self.sr_tokens is None:
             kind = WorkKind.SUPER_RESOLUTION
         elif self.decoded[0] is None:
@@ -238,6 +238,12 @@ class Request:
             self._pending = [Unit(self, kind, (i, w)) for i in range(s) for w in range(windows)]
         else:
             self._pending = [Unit(self, kind, (i, f)) for i in range(s) for f in range(n)]
+
+    @property
+    def rounds_done(self) -> int:
+        """Interpolation rounds finished (0 before stage 2)."""
+        n = self.tokens.shape[1]
+        return int(math.log2((n - 1) // (STAGE1_FRAMES - 1))) if n > STAGE1_FRAMES else 0
 
     @property
     def is_done(self) -> bool:

@@ -8,23 +8,10 @@ from cogvideo_engine.generation.pipeline import (interpolation_windows, merge_ro
 from cogvideo_engine.generation.sampler import ClusterSampler
 from cogvideo_engine.generation.settings import PipelineSettings
 
-from helpers.models import SMALL_BOI, SMALL_GEOMETRY, small_model
+from helpers.engines import ToyEncoder
+from helpers.models import SMALL_GEOMETRY, small_model
 
 FRAME = SMALL_GEOMETRY.frame_len
-
-
-class ToyEncoder:
-    """Deterministic stand-in for icetk: one id per character, recording every call."""
-
-    newline_id = 20001
-    boi_id = SMALL_BOI
-
-    def __init__(self):
-        self.calls = []
-
-    def encode(self, text):
-        self.calls.append(text)
-        return [20002 + (ord(c) % 90) for c in text]
 
 
 SETTINGS = PipelineSettings(max_batch=3)

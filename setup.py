@@ -130,6 +130,7 @@ setup(
     install_requires=["torch>=2.6", "numpy", "safetensors", "sentencepiece", "pillow", "tqdm"],
     # triton runs the fused kernels on CUDA, and on CPU under TRITON_INTERPRET=1 (the tests).
     extras_require={"triton": ["triton>=3.2"], "mp4": ["imageio-ffmpeg"],
+                    "bench": ["matplotlib"],  # bench/plot_serving.py
                     # setuptools: the GPU check's dry run (a test) installs the package without build isolation
                     "test": ["pytest>=7", "pytest-benchmark", "triton>=3.2", "ruff==0.17.6", "setuptools>=70.1"]},
     entry_points={"console_scripts": ["cogvideo-engine=cogvideo_engine.cli:main"]},

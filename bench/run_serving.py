@@ -10,10 +10,9 @@ For each N, in this order:
 
 * ``serial``: ``engine.generate(prompt_i, params_i)`` one request after the other, as if all N had arrived at
   t = 0: request i's end-to-end latency is the time from the start of the serial run to its end, its queue time
-  the time before its own call started. The calls run on a fresh worker thread (``--serial-thread worker``), a
-  thread like the AsyncEngine's loop: on a 2-core machine with any other load, the same steps on the main thread
-  ran 4-15x slower (OpenMP workers spin-waiting; ``OMP_WAIT_POLICY=passive`` removes it), which would be
-  credited to batching. ``--serial-thread main`` measures that case.
+  the time before its own call started. The calls run on the main thread, as a user calls ``Engine.generate``
+  (``--serial-thread worker``: on a fresh thread instead; on an idle machine that thread's steps are 2.5-3x
+  slower, the OpenMP effect ``serving.async_engine.release_openmp_threads`` removes for the loop thread).
 * ``together``: a fresh ``AsyncEngine(engine, previews=False)``, all N submitted from the main thread at t = 0.
 * ``poisson``: the same N submitted from a thread at arrival times with exponential gaps (rate ``--rate`` per
   second; default two arrivals per solo request latency of the first serial run, so they overlap), the first
@@ -293,9 +292,9 @@ def main(argv=None) -> int:
     p.add_argument("--only-first-stage", action="store_true", help="stage 1 only (5 frames), no stage 2")
     p.add_argument("--out", type=Path,
                    help="JSON rows (default bench/results/serving-<model>-cpu-<date>.json); the PNG goes next to it")
-    p.add_argument("--serial-thread", choices=["worker", "main"], default="worker",
-                   help="thread the serial Engine.generate calls run on: a fresh worker thread like the AsyncEngine "
-                        "loop (default), or the main thread (slower on a busy 2-core machine: see bench/README.md)")
+    p.add_argument("--serial-thread", choices=["worker", "main"], default="main",
+                   help="thread the serial Engine.generate calls run on: the main thread (default), or a fresh "
+                        "worker thread (see bench/README.md)")
     p.add_argument("--no-plot", action="store_true", help="do not draw the PNG at the end")
     args = p.parse_args(argv)
     ns = [int(x) for x in args.n.split(",") if x.strip()]

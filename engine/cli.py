@@ -111,10 +111,10 @@ def cmd_generate(args) -> int:
         for other in [p for p in bars if p != phase]:  # a new phase: the previous one is over
             bars.pop(other).close()
         bar = bars.get(phase)
-        if bar is None or bar.total != total or done < bar.n:  # a new pass within the phase
+        if bar is None or bar.total != total or done < bar.n:
             if bar is not None:
                 bar.close()
-            unit = "frame" if phase == "super_resolution" else "step"
+            unit = "frame" if phase == "decode" else "token"
             bar = bars[phase] = tqdm(total=total, desc=phase, unit=unit, file=sys.stderr, leave=False)
         bar.update(done - bar.n)
 
@@ -183,7 +183,7 @@ def _add_generate_args(g: argparse.ArgumentParser, default_profile: str | None =
                         "cogview2-dsr/ or --dsr is given; off for the embedded default model)")
     g.add_argument("--dsr", metavar="DIR", help="the cogview2-dsr checkpoint (default: <model-root>/cogview2-dsr)")
     g.add_argument("--sr-max-batch", type=int, default=defaults.SR_MAX_BATCH,
-                   help="frames per super-resolution forward")
+                   help="frames per super-resolution step of the serving loop (each frame is its own forward)")
     g.add_argument("--upscale", action="store_true",
                    help="nearest-neighbour upscale of 160x160 output to 480x480 (without super-resolution)")
     g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")

@@ -55,6 +55,15 @@ def _blas_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return out.t().reshape(*x.shape[:-1], weight.shape[0])
 
 
+def graphs_by_default(device: torch.device | str, backend=None) -> bool:
+    """Whether a runner on ``device`` with ``backend`` replays decode steps as CUDA graphs by default: on CUDA with
+    a fused backend (they never wait for the host; the reference and custom functions may)."""
+    device = torch.device(device)
+    if device.type != "cuda" or callable(backend):
+        return False
+    return (default_backend(device) if backend in (None, "auto") else backend) in GRAPH_SAFE_BACKENDS
+
+
 def batch_invariance_status(device: torch.device | str, dtype: torch.dtype) -> tuple[bool, str]:
     """Whether decode forwards on ``device`` in ``dtype`` are batch-invariant here (a row's logits bit-identical
     whatever shares its forward), and why (not)."""
@@ -180,9 +189,8 @@ class ModelRunner:
         cfg = model.config
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
-        if cuda_graphs is None:  # the fused kernels never wait for the host; the reference and custom functions may
-            name = default_backend(self.device) if backend in (None, "auto") else backend
-            cuda_graphs = self.device.type == "cuda" and name in GRAPH_SAFE_BACKENDS
+        if cuda_graphs is None:
+            cuda_graphs = graphs_by_default(self.device, backend)
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs needs a model on a CUDA device")
         self.cuda_graphs = cuda_graphs

@@ -49,9 +49,10 @@ STAGE1_DURATION = 4.0
 STAGE2_DURATIONS = (2.0, 1.0, 0.5)
 """The duration prefixes of the three interpolation rounds."""
 MAX_BATCH = 8
-"""Streams per forward (the script's ``--max-inference-batch-size``): stage-2 windows x samples are chunked so."""
+"""Streams of one request per forward (the script's ``--max-inference-batch-size``): its stage-2 windows x
+samples are chunked so."""
 SR_MAX_BATCH = 12
-"""Frames per super-resolution forward (the original's 12), lowered to what fits in memory."""
+"""Frames per super-resolution batch (the original's 12)."""
 SCHEDULE = "wavefront"
 """The decode schedule: ``"wavefront"`` (exact, fewer steps) or ``"sequential"`` (the original's order)."""
 

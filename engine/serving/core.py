@@ -37,7 +37,7 @@ from ..checks import require_token_tensor
 from ..generation.cache_pool import CachePool
 from ..generation.passes import decode_pass
 from ..generation.pipeline import STAGE1_FRAMES, check_prompt
-from ..generation.runner import ModelRunner, weight_bytes
+from ..generation.runner import ModelRunner, graphs_by_default, weight_bytes
 from ..generation.settings import MAX_BATCH
 from ..generation.super_resolution import super_resolve
 from ..models.config import NUM_IMAGE_TOKENS
@@ -173,8 +173,16 @@ class EngineCore:
         return kinds
 
     def row_budget(self, kind: WorkKind) -> int:
-        """Cache rows one forward of ``kind`` may take: ``max_rows`` within the cache budget."""
-        return min(self.max_rows, self.pool.budget(self._device(self._model(kind))) // self._row_bytes(kind))
+        """Cache rows one forward of ``kind`` may take: ``max_rows`` within the cache budget. With CUDA graphs
+        every pass's cache is made at its row budget once, so the budget is shared: the caches of all three passes
+        fit together and none is ever re-made (nor its graphs re-captured)."""
+        device = self._device(self._model(kind))
+        if graphs_by_default(device, self.engine.backend):
+            kinds = [k for k in PASS_TARGETS if self._model(k) is not None]
+            per_row = sum(self._row_bytes(k) for k in kinds)
+        else:
+            per_row = self._row_bytes(kind)
+        return min(self.max_rows, self.pool.budget(device) // per_row)
 
     def _row_bytes(self, kind: WorkKind) -> int:
         if kind not in self._row_bytes_of:
@@ -227,7 +235,6 @@ class EngineCore:
             request = self._requests.get(request_id)
             if request is None or request.finished:
                 return False
-            request.cancelled = True
             request.drop_work()
             self.stats.cancelled += 1
             request.emit("cancelled", error=Cancelled(reason or f"request {request_id} was cancelled"))
@@ -273,11 +280,13 @@ class EngineCore:
 
     def wait_for_work(self, timeout: float) -> None:
         with self._work:
-            if not self._has_ready_work():
+            if not self.has_ready_work():
                 self._work.wait(timeout)
 
-    def _has_ready_work(self) -> bool:
-        return any(r.ready_units() for r in self._requests.values() if not r.finished)
+    def has_ready_work(self) -> bool:
+        """Whether a request has units waiting for a batch."""
+        with self._lock:
+            return any(r.ready_units() for r in self._requests.values() if not r.finished)
 
     def step(self) -> bool:
         """Run one batch (see the module docstring). False when no request has ready work."""
@@ -325,9 +334,12 @@ class EngineCore:
         first = min(live, key=lambda r: self._served[r.id])  # stable: ties go to the oldest
         kind = first.ready_units()[0].kind
         schedule = first.params.schedule
-        budget = {WorkKind.SUPER_RESOLUTION: None, WorkKind.DECODE: DECODE_MAX_SAMPLES}.get(kind)
-        if budget is None:
-            budget = first.params.sr_max_batch if kind is WorkKind.SUPER_RESOLUTION else self.row_budget(kind)
+        if kind is WorkKind.SUPER_RESOLUTION:
+            budget = first.params.sr_max_batch
+        elif kind is WorkKind.DECODE:
+            budget = DECODE_MAX_SAMPLES
+        else:
+            budget = self.row_budget(kind)
         batch, used = [], 0
         for r in [first] + [r for r in live if r is not first]:
             if r.kind is not kind or (kind.pass_ is not None and r.params.schedule != schedule):
@@ -344,7 +356,7 @@ class EngineCore:
 
     def _go_idle(self) -> None:
         """Nothing to run: with offload, the resident model goes home."""
-        if self._resident is not None and not self._has_ready_work():
+        if self._resident is not None and not self.has_ready_work():
             self._move_home(self._resident)
             self._resident = None
 

@@ -69,11 +69,13 @@ class Unit:
 
 
 class Request:
-    """A request from submission to its last event (see the module docstring). ``emit`` receives its events."""
+    """A request from submission to its last event (see the module docstring). ``emit`` receives its events;
+    ``encoder`` forms its texts (:class:`~cogvideo_engine.generation.pipeline.TextEncoder`); ``sr_frame_len``:
+    tokens of a super-resolved frame (for progress totals)."""
 
     def __init__(self, request_id: str, prompt: str, params: SamplingParams, *, encoder, frame_len: int,
                  want_super_resolution: bool, emit: Callable[[Event], None], resume: Checkpoint | None = None,
-                 previews: bool = False, sr_frame_len: int = 0, submitted: float | None = None):
+                 previews: bool = False, sr_frame_len: int = 0):
         self.id, self.prompt, self.params = request_id, prompt, params
         self.settings = params.pipeline_settings()
         self.samples, self.frame_len = params.num_samples, frame_len
@@ -86,10 +88,9 @@ class Request:
         self.round_ids = [video_text(encoder, d, prompt) for d in STAGE2_DURATIONS]
         self.sr_ids = encoder.encode(prompt)
         self.boi_id = encoder.boi_id
-        self.submitted = time.perf_counter() if submitted is None else submitted
+        self.submitted = time.perf_counter()
         self.started: float | None = None
         self.finished = False
-        self.cancelled = False
         self.tokens = torch.zeros(self.samples, 0, frame_len, dtype=torch.long)
         if resume is not None:
             self.tokens = resume.tokens.long().clone()

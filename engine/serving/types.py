@@ -51,9 +51,11 @@ class SamplingParams:
     first_frame_top_k: int = defaults.FIRST_FRAME_SAMPLING.top_k
     schedule: str = defaults.SCHEDULE
     max_batch: int = defaults.MAX_BATCH
+    """This request's cache rows in one forward (the engine's row budget bounds the whole batch)."""
     super_resolution: bool | None = None
     """480x480 output through the DSR model; None: on when the engine's DSR checkpoint was given."""
-    sr_max_batch: int = defaults.SR_MAX_BATCH  # frames per super-resolution forward (lowered to what fits)
+    sr_max_batch: int = defaults.SR_MAX_BATCH
+    """Frames per super-resolution step of the serving loop (each frame is its own forward)."""
 
     def __post_init__(self):
         require_int("seed", self.seed, minimum=0, maximum=2**63 - 1)

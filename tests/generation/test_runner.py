@@ -4,7 +4,7 @@ text lengths sharing one forward (batched guidance)."""
 import pytest
 import torch
 
-from cogvideo_engine.generation.runner import ModelRunner, layouts_for
+from cogvideo_engine.generation.runner import ModelRunner, batch_invariance_status, layouts_for
 from cogvideo_engine.generation.scoring import stream_input_ids
 from cogvideo_engine.kernels.registry import backend_status
 from cogvideo_engine.kernels.rules import Pass
@@ -100,3 +100,31 @@ def test_a_rows_logits_do_not_depend_on_the_other_rows():
     runner.prefill(together, texts, given_ids, torch.full((3,), 1.4))
     a = runner.step(together, [(3, 0)], feed, torch.full((3,), 1.4))
     assert_fp_close(a[1], alone(exact_model)[0], alone(model)[0], factor=FUSED_FACTOR)
+
+
+@pytest.mark.skipif(not batch_invariance_status("cpu", torch.float32)[0],
+                    reason=batch_invariance_status("cpu", torch.float32)[1])
+@pytest.mark.parametrize("backend", [None, "reference"])
+def test_decode_logits_are_batch_invariant(backend):
+    """With the batch-invariant decode a row's logits are bit-identical alone, at another place in a batch and
+    beside other prompts, text lengths and frames: what makes batched requests' tokens their own. The caches
+    share their text capacity, as the serving loop's do (the reference attention's softmax runs over every cache
+    row, so its reduction order follows the cache's length)."""
+    model = small_model(2)
+    gen = torch.Generator().manual_seed(3)
+    given = torch.randint(0, 20000, (5, 3, FRAME), generator=gen)
+    texts = [torch.randint(20000, SMALL_BOI, (t,), generator=gen) for t in (4, 7, 2, 9, 5)]
+    given_ids = torch.cat([torch.full((5, 3, 1), SMALL_BOI), given[..., :-1]], -1)
+    runner = ModelRunner(model, backend)
+    assert runner.batch_invariant
+
+    def logits(rows):  # the decode logits of a batch of the given rows, two positions per step as the wavefront
+        cache = runner.new_cache(layouts_for(model, "stage2", [texts[i].numel() for i in rows], 2), text_capacity=9)
+        runner.prefill(cache, [texts[i] for i in rows], given_ids[rows], torch.full((len(rows),), 1.4))
+        feed = torch.tensor([[SMALL_BOI, 7]] * len(rows))
+        return runner.step(cache, [(3, 0), (4, 3)], feed, torch.full((len(rows),), 1.4))
+
+    alone = logits([1])[0]
+    assert torch.equal(logits([0, 1, 2])[1], alone)
+    assert torch.equal(logits([3, 4, 2, 0, 1])[4], alone)
+    assert not torch.equal(logits([0, 1, 2])[0], alone)  # the rows do differ

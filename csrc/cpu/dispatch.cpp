@@ -8,19 +8,21 @@
 #include <vector>
 
 #include "cogvideo/cpu_isa.h"
+#include "cogvideo/linear_rows.h"
 #include "cogvideo/local_attention.h"
 #include "cogvideo/window_attention.h"
 
 namespace cogvideo {
 
-// The kernels of one variant (window_attention_cpu.cpp and local_attention_cpu.cpp in namespace cpu_<name>),
-// called with checked inputs.
+// The kernels of one variant (window_attention_cpu.cpp, local_attention_cpu.cpp and linear_rows_cpu.cpp in
+// namespace cpu_<name>), called with checked inputs.
 #define COGVIDEO_DECLARE_CPU_VARIANT(ns)                                                                      \
   namespace ns {                                                                                              \
   void window_attention(const TensorView& q, const TensorView& k, const TensorView& v, TensorView& out,       \
                         const QueryInfo& info, const AttentionRule& rule);                                    \
   void local_attention(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& k_low, \
                        const TensorView& v_low, TensorView& out, const LocalGeometry& geometry);              \
+  void linear_rows(TensorView& out, const TensorView& x, const TensorView& w, const TensorView* bias);          \
   }
 
 #ifdef COGVIDEO_HAVE_CPU_NATIVE
@@ -43,6 +45,7 @@ struct Variant {
   bool (*supported)();
   decltype(&window_attention_cpu) window;
   decltype(&local_attention_cpu) local;
+  decltype(&linear_rows_cpu) linear;
 };
 
 [[maybe_unused]] bool always() { return true; }
@@ -74,16 +77,16 @@ struct Variant {
 // Best first.
 const Variant kVariants[] = {
 #ifdef COGVIDEO_HAVE_CPU_NATIVE
-    {"native", always, cpu_native::window_attention, cpu_native::local_attention},
+    {"native", always, cpu_native::window_attention, cpu_native::local_attention, cpu_native::linear_rows},
 #endif
 #ifdef COGVIDEO_HAVE_CPU_AVX512
-    {"avx512", x86_64_v4, cpu_avx512::window_attention, cpu_avx512::local_attention},
+    {"avx512", x86_64_v4, cpu_avx512::window_attention, cpu_avx512::local_attention, cpu_avx512::linear_rows},
 #endif
 #ifdef COGVIDEO_HAVE_CPU_AVX2
-    {"avx2", x86_64_v3, cpu_avx2::window_attention, cpu_avx2::local_attention},
+    {"avx2", x86_64_v3, cpu_avx2::window_attention, cpu_avx2::local_attention, cpu_avx2::linear_rows},
 #endif
 #ifdef COGVIDEO_HAVE_CPU_BASELINE
-    {"baseline", always, cpu_baseline::window_attention, cpu_baseline::local_attention},
+    {"baseline", always, cpu_baseline::window_attention, cpu_baseline::local_attention, cpu_baseline::linear_rows},
 #endif
 };
 static_assert(sizeof(kVariants) > 0, "no CPU kernel variant compiled (COGVIDEO_HAVE_CPU_<NAME>)");
@@ -160,6 +163,53 @@ void local_attention_cpu(const TensorView& q, const TensorView& k, const TensorV
                          const TensorView& v_low, TensorView& out, const LocalGeometry& geometry) {
   validate_local(q, k, v, k_low, v_low, out, geometry);
   current().local(q, k, v, k_low, v_low, out, geometry);
+}
+
+void validate_linear_rows(const TensorView& out, const TensorView& x, const TensorView& w, const TensorView* bias) {
+  auto shape = [](const TensorView& t) {
+    std::string s = "[";
+    for (int i = 0; i < t.ndim; ++i) s += (i ? ", " : "") + std::to_string(t.shape[i]);
+    return s + "]";
+  };
+  struct Named {
+    const TensorView* t;
+    const char* name;
+    int ndim;
+    const char* dims;
+  };
+  const Named all[] = {{&out, "out", 2, "[M, N]"}, {&x, "x", 2, "[M, K]"}, {&w, "w", 2, "[N, K]"},
+                       {bias, "bias", 1, "[N]"}};
+  for (const Named& n : all) {
+    if (n.t == nullptr) continue;
+    if (n.t->ndim != n.ndim)
+      throw InvalidArgument(std::string("linear_rows: ") + n.name + " must be " + std::to_string(n.ndim) + "-D " +
+                            n.dims + ", got " + shape(*n.t));
+    if (n.t->dtype != DType::kFloat32)
+      throw InvalidArgument(std::string("linear_rows: ") + n.name + " must be float32 (the kernel is fp32 only)");
+    int64_t numel = 1;
+    for (int i = 0; i < n.t->ndim; ++i) {
+      if (n.t->shape[i] < 0) throw InvalidArgument(std::string("linear_rows: ") + n.name + " has a negative size");
+      numel *= n.t->shape[i];
+    }
+    if (numel > 0 && n.t->data == nullptr)
+      throw InvalidArgument(std::string("linear_rows: ") + n.name + " has a null data pointer");
+    if (numel > 0 && n.t->shape[n.ndim - 1] > 1 && n.t->stride[n.ndim - 1] != 1)
+      throw InvalidArgument(std::string("linear_rows: ") + n.name + "'s last dimension must be contiguous " +
+                            "(stride 1), got stride " + std::to_string(n.t->stride[n.ndim - 1]));
+  }
+  if (w.shape[1] != x.shape[1])
+    throw InvalidArgument("linear_rows: w " + shape(w) + " must be [N, K] with x's K (x is " + shape(x) + ")");
+  if (out.shape[0] != x.shape[0] || out.shape[1] != w.shape[0])
+    throw InvalidArgument("linear_rows: out " + shape(out) + " must be [M, N] = [" + std::to_string(x.shape[0]) +
+                          ", " + std::to_string(w.shape[0]) + "] (x's rows, w's rows)");
+  if (bias != nullptr && bias->shape[0] != w.shape[0])
+    throw InvalidArgument("linear_rows: bias " + shape(*bias) + " must be [N] with N = " +
+                          std::to_string(w.shape[0]) + " (w's rows)");
+}
+
+void linear_rows_cpu(TensorView& out, const TensorView& x, const TensorView& w, const TensorView* bias) {
+  validate_linear_rows(out, x, w, bias);
+  current().linear(out, x, w, bias);
 }
 
 }  // namespace cogvideo

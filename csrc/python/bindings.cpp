@@ -3,11 +3,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
 
 #include "cogvideo/cpu_isa.h"
+#include "cogvideo/linear_rows.h"
 #include "cogvideo/local_attention.h"
 #include "cogvideo/window_attention.h"
 
@@ -33,15 +35,19 @@ DType parse_dtype(const std::string& name) {
   throw InvalidArgument("dtype " + name + " is not supported (float32, float16 or bfloat16)");
 }
 
-TensorView view(const TensorArg& arg, const char* name) {
+// A view of `ndim` dimensions (the kernel's own checks then name what each tensor must be).
+TensorView view(const TensorArg& arg, const char* name, int ndim = 4) {
   const auto& [ptr, dtype, shape, strides] = arg;
-  if (shape.size() != 4 || strides.size() != 4)
-    throw InvalidArgument(std::string(name) + " must be a 4-D tensor with 4 strides");
+  if (shape.size() != strides.size() || shape.size() > 4)
+    throw InvalidArgument(std::string(name) + " must have one stride per dimension and at most 4 dimensions");
+  if (static_cast<int>(shape.size()) != ndim)
+    throw InvalidArgument(std::string(name) + " must be a " + std::to_string(ndim) + "-D tensor, got " +
+                          std::to_string(shape.size()) + "-D");
   TensorView t;
   t.data = reinterpret_cast<void*>(ptr);
   t.dtype = parse_dtype(dtype);
-  t.ndim = 4;
-  for (int i = 0; i < 4; ++i) {
+  t.ndim = ndim;
+  for (int i = 0; i < ndim; ++i) {
     t.shape[i] = shape[i];
     t.stride[i] = strides[i];
   }
@@ -101,10 +107,19 @@ void local_attention(const std::string& device, const TensorArg& q, const Tensor
   }
 }
 
+void linear_rows(const TensorArg& out, const TensorArg& x, const TensorArg& w, const std::optional<TensorArg>& bias) {
+  TensorView ov = view(out, "out", 2), xv = view(x, "x", 2), wv = view(w, "w", 2);
+  TensorView bv;
+  if (bias) bv = view(*bias, "bias", 1);
+  py::gil_scoped_release release;
+  cogvideo::linear_rows_cpu(ov, xv, wv, bias ? &bv : nullptr);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "CogVideo fused window-attention and local-attention kernels (C++ CPU and CUDA), without libtorch.";
+  m.doc() = "CogVideo fused window-attention and local-attention kernels (C++ CPU and CUDA) and the "
+            "batch-invariant CPU linear, without libtorch.";
   m.attr("__version__") = COGVIDEO_VERSION;  // the package version this extension was built from
   m.def("has_cuda", &cogvideo::has_cuda, "Whether the library was built with the CUDA kernel.");
   cogvideo::cpu_isa();  // the CPU kernel variant is chosen here, at import (COGVIDEO_CPU_ISA is read now)
@@ -125,4 +140,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("k_low"), py::arg("v_low"), py::arg("out"), py::arg("grid"), py::arg("low_grid"),
         py::arg("window_rows"), py::arg("window_cols"), py::arg("low_window"), py::arg("stream") = 0,
         "Super-resolution local attention into `out`; tensors are (data_ptr, dtype name, shape, strides).");
+  m.def("linear_rows", &linear_rows, py::arg("out"), py::arg("x"), py::arg("w"), py::arg("bias") = py::none(),
+        "Batch-invariant fp32 linear on the CPU into `out[M, N]` = x[M, K] . w[N, K]^T (+ bias[N]): one fixed "
+        "reduction order per element, so a row does not depend on the other rows, M or the thread count. "
+        "Tensors are (data_ptr, dtype name, shape, strides in elements); the last dimensions must be contiguous.");
 }

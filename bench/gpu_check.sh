@@ -157,6 +157,9 @@ if [ -z "$DRY" ]; then
         --out "$results/attention-fp16.json"
     step bench-flex 30 -- "$PY" bench/run_attention.py --device cuda --dtype bf16 --impl flex \
         --case stage2-prefill-3frames-odd --case stage2-decode-b1-q1 --out "$results/attention-bf16-flex.json"
+    # serving: two medium-shape stage-1 requests one at a time, then together through the AsyncEngine
+    step serving-medium 45 -- "$PY" bench/run_serving.py --model medium --device cuda --n 2 --arrival together \
+        --only-first-stage --no-plot --out "$results/serving-medium.json"
 else  # the same steps in a CPU form with smaller budgets: the kernel tests' CPU cases, small benchmarks,
       # the tiny model
     step kernel-tests 20 -- "$PY" -m pytest -q -p no:cacheprovider -m "not compile_heavy" \

@@ -54,6 +54,14 @@ def generation_rows(path: Path) -> dict:
     return out
 
 
+def serving_rows(path: Path) -> dict:
+    """``n/mode -> {wall, speedup over serial, p50 end-to-end, tokens equal to serial}``."""
+    return {f"n{r['n']}/{r['mode']}": {"wall_s": round(r["wall_s"], 2),
+                                       "speedup_vs_serial": round(r["speedup_vs_serial"] or 0, 2),
+                                       "p50_e2e_s": round(r["p50_e2e_s"] or 0, 2), "tokens_match": r["tokens_match"]}
+            for r in json.loads(path.read_text())}
+
+
 def text_headline(name: str, text: str) -> dict:
     if name == "ctest":
         m = re.search(r"(\d+)% tests passed, (\d+) tests failed out of (\d+)", text)
@@ -74,6 +82,7 @@ OUTPUTS = {  # step -> the files its headline is read from: the GPU run's name, 
     "bench-local": ["local-attention-bf16.json", "local-attention-cpu.json"],
     "generation-medium": ["generation-medium.json", "generation-tiny.json"],
     "generation-real": ["generation-real.json", "generation-tiny-sr.json"],
+    "serving-medium": ["serving-medium.json"],
 }
 
 
@@ -84,6 +93,8 @@ def headline(name: str, results: Path) -> dict:
             return {"output": "missing"}
         if path.suffix == ".xml":
             return junit(path)
+        if name.startswith("serving"):
+            return serving_rows(path)
         return generation_rows(path) if name.startswith("generation") else bench_rows(path)
     log = results / f"{name}.txt"
     return text_headline(name, log.read_text(errors="replace")) if log.is_file() else {}

@@ -61,14 +61,17 @@ def say(*args) -> None:
         print(*args, flush=True)
 
 
-def make_engine(model: str) -> Engine:
-    default = Engine.default()
+def make_engine(model: str, device: str = "cpu") -> Engine:
+    """The embedded default engine (``tiny``) or one of medium-shape random stage models with the default assets'
+    tokenizer, VQ decoder and sampler; fp32 on CPU, bf16 on CUDA."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    default = Engine.default(device=device, dtype=dtype)
     if model == "tiny":
         return default
     from run_generation import build
 
-    stage1 = build(model, 1, "cpu", torch.float32)
-    stage2 = build(model, 2, "cpu", torch.float32)
+    stage1 = build(model, 1, device, dtype)
+    stage2 = build(model, 2, device, dtype)
     return Engine(stage1, stage2, default.tokenizer, default.decoder, default.sampler, backend=default.backend)
 
 
@@ -285,13 +288,15 @@ def warn_mismatch(r: dict) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=["tiny", "medium"], default="tiny")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--n", default="1,2,4,8", help="comma-separated request counts (default 1,2,4,8)")
     p.add_argument("--arrival", choices=["together", "poisson", "both"], default="both")
     p.add_argument("--rate", type=float, default=None,
                    help="Poisson arrivals per second (default: 2 / the first serial run's median request seconds)")
     p.add_argument("--only-first-stage", action="store_true", help="stage 1 only (5 frames), no stage 2")
     p.add_argument("--out", type=Path,
-                   help="JSON rows (default bench/results/serving-<model>-cpu-<date>.json); the PNG goes next to it")
+                   help="JSON rows (default bench/results/serving-<model>-<device>-<date>.json); the PNG goes next "
+                        "to it")
     p.add_argument("--serial-thread", choices=["worker", "main"], default="main",
                    help="thread the serial Engine.generate calls run on: the main thread (default), or a fresh "
                         "worker thread (see bench/README.md)")
@@ -304,13 +309,13 @@ def main(argv=None) -> int:
         p.error("--rate must be positive")
     modes = ["together", "poisson"] if args.arrival == "both" else [args.arrival]
     out = args.out or Path(__file__).parent / "results" / (
-        f"serving-{args.model}-cpu-{datetime.date.today().isoformat()}.json")
+        f"serving-{args.model}-{args.device}-{datetime.date.today().isoformat()}.json")
 
     t_load = time.perf_counter()
-    engine = make_engine(args.model)
+    engine = make_engine(args.model, args.device)
     say(f"{args.model} engine ready in {time.perf_counter() - t_load:.1f} s; torch threads "
         f"{torch.get_num_threads()}, {os.cpu_count()} CPUs")
-    env = {**environment("cpu"), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+    env = {**environment(args.device), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
            "max_rows": engine.core.max_rows, "serial_thread": args.serial_thread,
            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     rows = JsonRows(out)

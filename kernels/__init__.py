@@ -17,6 +17,8 @@ Modules, bottom to top (each imports only modules listed above it; nothing here 
   ``window_attention_csrc``, ``local_attention_triton``, ``local_attention_csrc``) from those functions.
 * ``registry`` names the backends, says which can run where and why, and hands out the reference functions or
   the registered ops.
+* ``batch_invariant`` wraps the C++ batch-invariant fp32 linear (``linear_rows``: a row's outputs bit-identical
+  whatever the batch) and its float64 twin; the engine's decode steps use it on CPU.
 """
 
 from .rules import DEFAULT_BOI_ID, GIVEN, TARGET, TEXT, FrameGeometry, Pass, StreamLayout

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ctypes
 import threading
 import time
@@ -75,7 +76,8 @@ class EventChannel:
             self._cond.notify_all()
             waiters = list(self._waiters)
         for loop, flag in waiters:
-            loop.call_soon_threadsafe(flag.set)
+            with contextlib.suppress(RuntimeError):  # that consumer's event loop is closed: nobody waits there
+                loop.call_soon_threadsafe(flag.set)
 
     def get(self, timeout: float | None = None) -> Event:
         """The next event (blocking); ``TimeoutError`` after ``timeout`` seconds."""
@@ -191,6 +193,8 @@ class AsyncEngine:
             if self.core._driver.acquire(timeout=0.05):
                 try:
                     ran = self.core.step()
+                except Exception as error:  # noqa: BLE001  (a scheduling bug must not kill the loop silently)
+                    self.core.fail_all(error)
                 finally:
                     self.core._driver.release()
             idle = not ran

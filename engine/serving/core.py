@@ -248,6 +248,13 @@ class EngineCore:
             self.stats.failed += 1
             request.emit("failed", error=error)
 
+    def fail_all(self, error: BaseException) -> None:
+        """Fail every unfinished request with ``error`` (the loop's last resort)."""
+        with self._lock:
+            for request in list(self._requests.values()):
+                self.fail(request, error)
+            self._reap()
+
     # -- the loop -------------------------------------------------------------------------------------------
 
     @property

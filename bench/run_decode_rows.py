@@ -64,7 +64,7 @@ def main(argv=None) -> int:
                         "positions_per_step": 2, "batch_invariant": invariant, "ms_per_step": ms,
                         "ms_per_row": ms / rows, "steps_timed": len(seconds),
                         "torch_threads": torch.get_num_threads()})
-            print(f"{args.model:7s} {rows:4d} {str(invariant):>9s} {ms:8.2f} {ms / rows:7.2f}", flush=True)
+            print(f"{args.model:7s} {rows:4d} {invariant!s:>9} {ms:8.2f} {ms / rows:7.2f}", flush=True)
     out.close()
     return 0
 

@@ -130,19 +130,22 @@ class Engine:
         (prompt lengths in every pass, top-k against the clusters, the checkpoints a request needs): a bad
         request among several raises ``TypeError`` / ``ValueError`` before the first one starts.
         """
-        prompts, per_prompt = self._check_request(prompts, params, stage1_tokens_in, progress, cancel, profile_path)
-        if profile_path is not None:
-            activities = [torch.profiler.ProfilerActivity.CPU]
-            if torch.cuda.is_available():
-                activities.append(torch.profiler.ProfilerActivity.CUDA)
-            with torch.profiler.profile(activities=activities) as prof:
-                outputs = self.generate(prompts, per_prompt, stage1_tokens_in=stage1_tokens_in, progress=progress,
-                                        cancel=cancel)
-            Path(profile_path).parent.mkdir(parents=True, exist_ok=True)
-            prof.export_chrome_trace(str(profile_path))
-            return outputs
+        prompts, per_prompt, resumes = self._check_request(prompts, params, stage1_tokens_in, progress, cancel,
+                                                           profile_path)
+        if profile_path is None:
+            return self._run(prompts, per_prompt, resumes, progress, cancel)
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as prof:
+            outputs = self._run(prompts, per_prompt, resumes, progress, cancel)
+        Path(profile_path).parent.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(profile_path))
+        return outputs
+
+    def _run(self, prompts, per_prompt, resumes, progress, cancel) -> list[VideoOutput]:
+        """Submit the checked requests to the core together and drive it until each has finished."""
         core = self.core
-        resumes = [core.check(prompt, p, stage1_tokens_in) for prompt, p in zip(prompts, per_prompt, strict=True)]
         finals: dict[str, Event] = {}
         done_tokens: dict[str, dict[str, int]] = {}
         stopped: list[Cancelled] = []
@@ -182,7 +185,8 @@ class Engine:
         return outputs
 
     def _check_request(self, prompts, params, resume, progress, cancel, profile_path):
-        """``(prompts, one SamplingParams per prompt)`` after checking every argument of :meth:`generate`."""
+        """``(prompts, one SamplingParams per prompt, one resume state per prompt)`` after checking every argument
+        of :meth:`generate` (each request by :meth:`EngineCore.check`)."""
         if isinstance(prompts, str):
             prompts = [prompts]
         elif isinstance(prompts, (list, tuple)):
@@ -211,9 +215,8 @@ class Engine:
             frame_len = self.stage1_model.config.geometry.frame_len
             require_token_tensor("stage1_tokens_in", resume, ndim=3, upper=NUM_IMAGE_TOKENS,
                                  shape=(per_prompt[0].num_samples, STAGE1_FRAMES, frame_len))
-        for prompt, p in zip(prompts, per_prompt, strict=True):
-            self.core.check(prompt, p, resume)
-        return prompts, per_prompt
+        resumes = [self.core.check(prompt, p, resume) for prompt, p in zip(prompts, per_prompt, strict=True)]
+        return prompts, per_prompt, resumes
 
 
 __all__ = ["AdmissionError", "Cancelled", "Checkpoint", "Engine", "Event", "QueueFull", "SamplingParams",

@@ -106,6 +106,7 @@ class EngineCore:
         self._step_seconds: dict[WorkKind, float] = {}  # measured seconds per forward step (per frame: SR, decode)
         self._resident = None
         self._row_bytes_of: dict[WorkKind, int] = {}
+        self._graphs_on: dict[torch.device, bool] = {}
         self._num_steps_of: dict[tuple[WorkKind, str], int] = {}
 
     # -- admission ------------------------------------------------------------------------------------------
@@ -177,7 +178,9 @@ class EngineCore:
         every pass's cache is made at its row budget once, so the budget is shared: the caches of all three passes
         fit together and none is ever re-made (nor its graphs re-captured)."""
         device = self._device(self._model(kind))
-        if graphs_by_default(device, self.engine.backend):
+        if device not in self._graphs_on:  # the backend probe is not for every step
+            self._graphs_on[device] = graphs_by_default(device, self.engine.backend)
+        if self._graphs_on[device]:
             kinds = [k for k in PASS_TARGETS if self._model(k) is not None]
             per_row = sum(self._row_bytes(k) for k in kinds)
         else:

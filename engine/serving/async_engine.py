@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Iterator
 import torch
 
 from .core import EngineCore
-from .types import Cancelled, Checkpoint, Event, SamplingParams, VideoOutput
+from .types import PHASES, Cancelled, Checkpoint, Event, SamplingParams, VideoOutput
 
 MAX_PENDING_FRAMES = 8
 """Unread frame previews a request's channel keeps (older ones are dropped first)."""
@@ -116,8 +116,14 @@ class EventChannel:
 class RequestHandle:
     """What :meth:`AsyncEngine.submit` returns: the request's id, its events and its result."""
 
-    def __init__(self, engine: AsyncEngine, request_id: str, channel: EventChannel):
+    def __init__(self, engine: AsyncEngine, request_id: str, channel: EventChannel, totals: dict[str, int],
+                 resumed: dict[str, int]):
         self.request_id, self._engine, self._channel = request_id, engine, channel
+        self.totals = totals
+        """Per phase (:data:`~.types.PHASES`): the request's tokens (frames for ``decode``), exact from the
+        schedule -- the ``total`` of its progress events."""
+        self.resumed = resumed
+        """Per phase: the tokens its resume state held already (progress ``done`` starts there)."""
 
     def events(self, timeout: float | None = None) -> Iterator[Event]:
         """Its events in order (blocking), ending with the terminal one."""
@@ -214,7 +220,8 @@ class AsyncEngine:
         request = self.core.submit(prompt, SamplingParams() if params is None else params, emit=channel.put,
                                    request_id=request_id, resume=resume,
                                    previews=self.previews if previews is None else previews)
-        return RequestHandle(self, request.id, channel)
+        return RequestHandle(self, request.id, channel, {p: request.phase_total(p) for p in PHASES},
+                             dict(request.done_tokens))
 
     async def stream(self, prompt: str, params: SamplingParams | None = None, request_id: str | None = None, *,
                      resume: Checkpoint | torch.Tensor | None = None,

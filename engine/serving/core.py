@@ -108,6 +108,9 @@ class EngineCore:
         self._row_bytes_of: dict[WorkKind, int] = {}
         self._graphs_on: dict[torch.device, bool] = {}
         self._num_steps_of: dict[tuple[WorkKind, str], int] = {}
+        self.step_observers: list[Callable[[str, float], None]] = []
+        """Called from the stepping thread with (phase, seconds) for every forward step of a pass, every
+        super-resolution frame and every decoded frame (e.g. the service's step-time histogram)."""
 
     # -- admission ------------------------------------------------------------------------------------------
 
@@ -448,6 +451,10 @@ class EngineCore:
         old = self._step_seconds.get(kind)
         self._step_seconds[kind] = seconds if old is None else 0.9 * old + 0.1 * seconds
 
+    def _observe(self, phase: str, seconds: float) -> None:
+        for observer in self.step_observers:
+            observer(phase, seconds)
+
     def _run_pass(self, kind: WorkKind, batch: list[Unit]) -> None:
         runner = self._runner(kind)
         self._make_resident(runner.model)
@@ -463,6 +470,7 @@ class EngineCore:
             now = time.perf_counter()
             seconds, last[0] = now - last[0], now
             self._measured(kind, seconds)
+            self._observe(kind.phase, seconds)
             self.stats.forward_steps += 1
             self.stats.rows += streams
             self.stats.row_slots += budget
@@ -530,6 +538,7 @@ class EngineCore:
                                 [request.sr_key(u)], request.boi_id, max_batch=1, backend=self.engine.backend)
             seconds = time.perf_counter() - t0
             self._measured(WorkKind.SUPER_RESOLUTION, seconds)
+            self._observe("super_resolution", seconds)
             self.stats.tokens += out.tokens.numel()
             request.step_seconds.setdefault("super_resolution", []).append(seconds)
             request.add_progress("super_resolution", out.tokens.numel(), None)
@@ -546,6 +555,8 @@ class EngineCore:
             frames = self.engine.decode(tokens) if request.sr_tokens is not None else self._decode(request, tokens)
             seconds = time.perf_counter() - t0
             self._measured(WorkKind.DECODE, seconds / tokens.shape[0])
+            for _ in range(tokens.shape[0]):
+                self._observe("decode", seconds / tokens.shape[0])
             request.step_seconds.setdefault("decode", []).extend([seconds / tokens.shape[0]] * tokens.shape[0])
             request.add_progress("decode", tokens.shape[0], None)
             self._finish_unit(u, frames)

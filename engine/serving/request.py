@@ -100,7 +100,8 @@ class Request:
         self.timings: dict[str, float] = {}
         self.step_seconds: dict[str, list[float]] = {}
         self.phase_started: dict[str, float] = {}
-        self.done_tokens: dict[str, int] = {}
+        self.done_tokens: dict[str, int] = self.resumed_tokens()
+        """Per phase: tokens done (frames for ``decode``), counting what the resume state holds."""
         self.kind: WorkKind | None = None
         self.round = 0
         self._pending: list[Unit] = []
@@ -131,6 +132,12 @@ class Request:
         if phase == "super_resolution":
             return s * self.final_frames * (self.sr_frame_len if self.want_super_resolution else 0)
         return s * self.final_frames
+
+    def resumed_tokens(self) -> dict[str, int]:
+        """Per phase, the tokens :attr:`tokens` holds already (a resumed request's progress starts there)."""
+        s, f, n = self.samples, self.frame_len, self.tokens.shape[1]
+        done = {"stage1": s * min(n, STAGE1_FRAMES) * f, "stage2": s * max(n - STAGE1_FRAMES, 0) * f}
+        return {phase: tokens for phase, tokens in done.items() if tokens}
 
     @property
     def final_frames(self) -> int:

@@ -64,8 +64,12 @@ def test_resume_from_each_checkpoint_gives_the_same_video(engine, full_run):
     with AsyncEngine(engine, previews=False) as served:
         for made in checkpoints[:-1]:
             ckpt = Checkpoint.from_dict(made.to_dict())  # through JSON-like storage
-            resumed = served.submit(ckpt.prompt, ckpt.params, resume=ckpt).result(timeout=600)
-            assert torch.equal(tokens_of(resumed), final), ckpt.num_frames
+            handle = served.submit(ckpt.prompt, ckpt.params, resume=ckpt)
+            events = list(handle.events(timeout=600))
+            assert torch.equal(tokens_of(events[-1].outputs), final), ckpt.num_frames
+            last = {ev.phase: ev.done for ev in events if ev.kind == "progress"}  # progress counts from the resume
+            assert all(last.get(p, handle.resumed.get(p, 0)) == t for p, t in handle.totals.items()), last
+            assert handle.resumed["stage1"] == handle.totals["stage1"] * min(ckpt.num_frames, 5) // 5
         with pytest.raises(ValueError, match="another prompt"):
             served.submit("a dog", FULL, resume=checkpoints[1])
         with pytest.raises(ValueError, match="frames"):

@@ -113,6 +113,7 @@ class SDist(sdist):
         super().make_release_tree(base_dir, list(files) + [f for f in extra if f not in files])
 
 
+SERVE = ["starlette>=0.37", "uvicorn>=0.29", "prometheus-client>=0.20", "python-multipart>=0.0.9"]
 ext_modules = [] if os.environ.get("COGVIDEO_NO_EXT") == "1" else [CMakeExtension("cogvideo_engine._C")]
 
 setup(
@@ -124,14 +125,18 @@ setup(
     python_requires=">=3.10",
     packages=find_packages_in_tree(),
     package_dir=PACKAGE_ROOTS,
+    package_data={"cogvideo_engine.service": ["static/*.html"]},  # the playground page
     ext_modules=ext_modules,
     cmdclass={"build_ext": CMakeBuild, "sdist": SDist},
     # torch is deliberately a floor, not a pin: install torch first (see README) so pip never pulls a CUDA build.
     install_requires=["torch>=2.6", "numpy", "safetensors", "sentencepiece", "pillow", "tqdm"],
     # triton runs the fused kernels on CUDA, and on CPU under TRITON_INTERPRET=1 (the tests).
     extras_require={"triton": ["triton>=3.2"], "mp4": ["imageio-ffmpeg"],
+                    "serve": SERVE,  # python -m cogvideo_engine serve
                     "bench": ["matplotlib"],  # bench/plot_serving.py
                     # setuptools: the GPU check's dry run (a test) installs the package without build isolation
-                    "test": ["pytest>=7", "pytest-benchmark", "triton>=3.2", "ruff==0.17.6", "setuptools>=70.1"]},
+                    # httpx, selenium: the service's tests (a real server, a headless browser on the playground)
+                    "test": ["pytest>=7", "pytest-benchmark", "triton>=3.2", "ruff==0.17.6", "setuptools>=70.1",
+                             *SERVE, "httpx", "selenium", "imageio-ffmpeg"]},
     entry_points={"console_scripts": ["cogvideo-engine=cogvideo_engine.cli:main"]},
 )

@@ -1,4 +1,5 @@
-"""Command line: ``python -m cogvideo_engine {generate,profile,score,convert,info}`` (also ``cogvideo-engine``)."""
+"""Command line: ``python -m cogvideo_engine {generate,profile,serve,score,convert,info}`` (also
+``cogvideo-engine``)."""
 
 from __future__ import annotations
 
@@ -74,8 +75,38 @@ def cmd_score(args) -> int:
     return 0
 
 
+def _load_engine(args):
+    """The Engine the engine flags (:func:`_add_engine_args`) describe."""
+    from .api import Engine
+
+    kwargs = dict(device=args.device, dtype=DTYPES[args.dtype],
+                  decoder_dtype=DTYPES[args.decoder_dtype] if args.decoder_dtype else None, offload=args.offload,
+                  backend=None if args.backend == "auto" else args.backend, dsr=args.dsr)
+    if args.model_root:
+        return Engine.from_pretrained(args.model_root, **kwargs)
+    print("using the embedded default model: tiny, RANDOM weights (the output is noise, not a video of the "
+          "prompt); --model-root points at the released CogVideo folder", file=sys.stderr)
+    return Engine.default(**kwargs)
+
+
+def cmd_serve(args) -> int:
+    import functools
+
+    try:
+        from .service.server import serve
+    except ImportError as error:
+        raise RuntimeError(f"serve needs the service extra: pip install 'cogvideo-engine[serve]' ({error})") from None
+    model_id = Path(args.model_root).name if args.model_root else "cogvideo-default"
+    serve(functools.partial(_load_engine, args), host=args.host, port=args.port, store=args.store,
+          api_key=args.api_key, allow_unauthenticated=args.allow_unauthenticated, log_level=args.log_level,
+          model_id=model_id, max_queued=args.max_queued,
+          retention_s=None if args.retention_hours <= 0 else args.retention_hours * 3600.0,
+          shutdown_timeout_s=args.shutdown_timeout)
+    return 0
+
+
 def cmd_generate(args) -> int:
-    from .api import Engine, SamplingParams
+    from .api import SamplingParams
     from .io.export import upscale_nearest, write_frames, write_gif, write_mp4, write_tokens
 
     if not args.prompt and not args.prompt_file:
@@ -92,15 +123,7 @@ def cmd_generate(args) -> int:
                             guidance_alpha=args.guidance_alpha, schedule=args.schedule,
                             max_batch=args.max_inference_batch_size, super_resolution=args.super_resolution,
                             sr_max_batch=args.sr_max_batch)
-    kwargs = dict(device=args.device, dtype=DTYPES[args.dtype],
-                  decoder_dtype=DTYPES[args.decoder_dtype] if args.decoder_dtype else None, offload=args.offload,
-                  backend=None if args.backend == "auto" else args.backend, dsr=args.dsr)
-    if args.model_root:
-        engine = Engine.from_pretrained(args.model_root, **kwargs)
-    else:
-        print("using the embedded default model: tiny, RANDOM weights (the output is noise, not a video of the "
-              "prompt); --model-root points at the released CogVideo folder", file=sys.stderr)
-        engine = Engine.default(**kwargs)
+    engine = _load_engine(args)
     bars = {}
 
     def progress(phase, done, total):
@@ -160,13 +183,24 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def _add_engine_args(g: argparse.ArgumentParser):
+    g.add_argument("--model-root", help="folder with cogvideo-stage1/2, ice_text.model, ice_image.pt, "
+                                        "cluster_label2.npy (default: the embedded random model)")
+    g.add_argument("--dsr", metavar="DIR", help="the cogview2-dsr checkpoint (default: <model-root>/cogview2-dsr)")
+    g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    g.add_argument("--offload", action="store_true",
+                   help="keep the models in CPU memory and move each to --device for its stage only")
+    g.add_argument("--decoder-dtype", choices=sorted(DTYPES),
+                   help="the VQ decoder's dtype (default: --dtype); bf16 halves CPU decoding of 480x480 frames")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--backend", default="auto")
+
+
 def _add_generate_args(g: argparse.ArgumentParser, default_profile: str | None = None):
     g.add_argument("prompt", nargs="?", help="the prompt (or --prompt-file)")
     g.add_argument("--prompt-file", help="one prompt per line")
     g.add_argument("--output", "-o", default="output/video.gif", help="output path (suffix set by --format)")
     g.add_argument("--format", choices=["gif", "mp4", "frames"], default="gif")
-    g.add_argument("--model-root", help="folder with cogvideo-stage1/2, ice_text.model, ice_image.pt, "
-                                        "cluster_label2.npy (default: the embedded random model)")
     g.add_argument("--seed", type=int, default=defaults.SEED)
     g.add_argument("--samples", type=int, default=1, help="videos per prompt")
     g.add_argument("--only-first-stage", action="store_true")
@@ -181,18 +215,11 @@ def _add_generate_args(g: argparse.ArgumentParser, default_profile: str | None =
     g.add_argument("--super-resolution", action=argparse.BooleanOptionalAction, default=None,
                    help="480x480 frames through the cogview2-dsr model (default: on when --model-root holds "
                         "cogview2-dsr/ or --dsr is given; off for the embedded default model)")
-    g.add_argument("--dsr", metavar="DIR", help="the cogview2-dsr checkpoint (default: <model-root>/cogview2-dsr)")
     g.add_argument("--sr-max-batch", type=int, default=defaults.SR_MAX_BATCH,
                    help="frames per super-resolution step of the serving loop (each frame is its own forward)")
     g.add_argument("--upscale", action="store_true",
                    help="nearest-neighbour upscale of 160x160 output to 480x480 (without super-resolution)")
-    g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    g.add_argument("--offload", action="store_true",
-                   help="keep the models in CPU memory and move each to --device for its stage only")
-    g.add_argument("--decoder-dtype", choices=sorted(DTYPES),
-                   help="the VQ decoder's dtype (default: --dtype); bf16 halves CPU decoding of 480x480 frames")
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--backend", default="auto")
+    _add_engine_args(g)
     g.add_argument("--quiet", action="store_true")
     g.add_argument("--profile", metavar="PATH", default=default_profile,
                    help="write a torch.profiler Chrome trace of the run to PATH")
@@ -222,6 +249,22 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("profile", help="generate with a torch.profiler Chrome trace (default output/trace.json)")
     _add_generate_args(pr, default_profile="output/trace.json")
     pr.set_defaults(func=cmd_generate)
+    sv = sub.add_parser("serve", help="the HTTP service: OpenAI-style /v1/videos jobs, events, metrics, playground")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--store", help="job-store folder (default: <engine home>/jobs, i.e. "
+                                    "~/.cache/cogvideo_engine/jobs or $COGVIDEO_ENGINE_HOME/jobs)")
+    sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 (default: $COGVIDEO_API_KEY)")
+    sv.add_argument("--allow-unauthenticated", action="store_true",
+                    help="serve a non-loopback --host without an API key")
+    sv.add_argument("--max-queued", type=int, default=64, help="unfinished jobs accepted (beyond: 429)")
+    sv.add_argument("--retention-hours", type=float, default=24.0,
+                    help="finished jobs are removed this long after they finish (0: kept forever)")
+    sv.add_argument("--shutdown-timeout", type=float, default=30.0,
+                    help="seconds a shutdown waits for running jobs; the rest resume at the next start")
+    sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    _add_engine_args(sv)
+    sv.set_defaults(func=cmd_serve)
     i = sub.add_parser("info", help="versions, devices and attention backends (and why one is missing)")
     i.set_defaults(func=lambda args: print(__import__("cogvideo_engine.info", fromlist=["report"]).report()) or 0)
     c = sub.add_parser("convert", help="convert a SAT checkpoint to config.json + model.safetensors")

@@ -88,6 +88,20 @@ def write_mp4(path: str | os.PathLike, frames: torch.Tensor, fps: float) -> Path
     return path
 
 
+def write_image(path: str | os.PathLike, frame: torch.Tensor) -> Path:
+    """One ``uint8 [H, W, 3]`` frame as an image (the format from the suffix: ``.png``, ``.jpg``, ...)."""
+    from PIL import Image
+
+    path = Path(path)
+    tmp = _atomic(path)
+    try:
+        Image.fromarray(frame.numpy()).save(tmp, format=Image.registered_extensions()[path.suffix.lower()])
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def write_frames(directory: str | os.PathLike, frames: torch.Tensor) -> Path:
     """``0000.png``, ``0001.png``, ... in ``directory`` (written to a temporary folder, then renamed)."""
     from PIL import Image

@@ -116,3 +116,32 @@ def wait_for(client: httpx.Client, job_id: str, predicate, timeout: float = 300.
 
 def finished(job: dict) -> bool:
     return job.get("status") in ("completed", "failed", "cancelled")
+
+
+def sse_events(client: httpx.Client, job_id: str, last_event_id: str | None = None, timeout: float = 300.0):
+    """The job's server-sent events as ``(id, event, data)`` (data decoded from JSON), until the stream ends;
+    leaving the loop early closes the connection."""
+    import json
+
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    with client.stream("GET", f"/v1/videos/{job_id}/events", headers=headers,
+                       timeout=httpx.Timeout(timeout, connect=10.0)) as response:
+        if response.status_code != 200:
+            raise AssertionError(f"events: HTTP {response.status_code}: {response.read()!r}")
+        event_id, event, data = None, None, []
+        for line in response.iter_lines():
+            if not line:
+                if event is not None:
+                    yield event_id, event, json.loads("\n".join(data))
+                event_id, event, data = None, None, []
+            elif line.startswith(":"):
+                continue
+            else:
+                name, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if name == "id":
+                    event_id = value
+                elif name == "event":
+                    event = value
+                elif name == "data":
+                    data.append(value)

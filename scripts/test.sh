@@ -12,4 +12,9 @@ if [ "${COGVIDEO_NO_EXT:-}" = 1 ]; then
 else
     ctest --test-dir build/cmake --output-on-failure --no-tests=error  # built by the install above
 fi
+# the playground's browser test needs chromium and chromedriver: installed where this can (root, apt-get), else it skips
+if [ ! -x /usr/bin/chromedriver ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+        >/dev/null 2>&1 || echo "test.sh: installing chromium chromium-driver failed: the playground test skips" >&2
+fi
 exec .venv/bin/python -m pytest -q "$@"

@@ -493,7 +493,7 @@ class JobManager:
     def _finish(self, job: Job, status: str, error: dict | None) -> None:
         job.record.status, job.record.error = status, error
         job.record.completed_at = time.time()
-        job.eta_s = None
+        job.eta_s = job.phase = None
         job.log.append(status, self.job_object(job), terminal=True)
 
     async def _persist(self, job: Job, **fields) -> None:

@@ -14,7 +14,8 @@ else
 fi
 # the playground's browser test needs chromium and chromedriver: installed where this can (root, apt-get), else it skips
 if [ ! -x /usr/bin/chromedriver ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+    { timeout 600 apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq chromium chromium-driver; } \
         >/dev/null 2>&1 || echo "test.sh: installing chromium chromium-driver failed: the playground test skips" >&2
 fi
 exec .venv/bin/python -m pytest -q "$@"

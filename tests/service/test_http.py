@@ -89,13 +89,20 @@ def test_job_life_cycle_through_every_endpoint(tmp_path, alone):
         np.testing.assert_array_equal(tokens, alone("a cat plays the piano", seed=5, **FIRST))
 
         # the multipart form OpenAI's clients send, with our fields beside the prompt
-        fields = {"prompt": "a dog", "seed": "6", "only_first_stage": "true", "model": "cogvideo-default",
-                  "size": "160x160", "seconds": "1"}
+        fields = {"prompt": "a dog", "seed": "6", "only_first_stage": "true", "num_samples": "2",
+                  "model": "cogvideo-default", "size": "160x160", "seconds": "1"}
         form = c.post("/v1/videos", files=[(k, (None, v)) for k, v in fields.items()])
         assert form.request.headers["content-type"].startswith("multipart/form-data")
         assert form.status_code == 202, form.text
         second = form.json()
         assert second["params"]["seed"] == 6 and second["params"]["only_first_stage"] is True
+        assert second["num_samples"] == 2
+        assert wait_for(c, second["id"], finished, timeout=300)["status"] == "completed"
+        samples = [npy(c.get(f"/v1/videos/{second['id']}/content", params={"variant": "tokens", "sample": k}).content)
+                   for k in (0, 1)]
+        assert samples[0].shape == samples[1].shape == (5, 400) and not np.array_equal(*samples)
+        assert c.get(f"/v1/videos/{second['id']}/content", params={"variant": "gif", "sample": 1}).status_code == 200
+        assert c.get(f"/v1/videos/{second['id']}/content", params={"sample": 2}).status_code == 422
 
         listing = c.get("/v1/videos", params={"limit": 1}).json()
         assert listing["object"] == "list" and listing["has_more"] is True
@@ -105,7 +112,7 @@ def test_job_life_cycle_through_every_endpoint(tmp_path, alone):
         asc = c.get("/v1/videos", params={"order": "asc"}).json()
         assert [v["id"] for v in asc["data"]] == [job["id"], second["id"]]
 
-        deleted = c.delete(f"/v1/videos/{second['id']}")  # running or queued: aborted, then deleted
+        deleted = c.delete(f"/v1/videos/{second['id']}")
         assert deleted.json() == {"id": second["id"], "object": "video.deleted", "deleted": True}
         assert c.get(f"/v1/videos/{second['id']}").status_code == 404
         assert c.delete(f"/v1/videos/{job['id']}").status_code == 200
@@ -116,7 +123,7 @@ def test_job_life_cycle_through_every_endpoint(tmp_path, alone):
         for name in ("cogvideo_request_e2e_seconds_bucket", "cogvideo_request_queue_seconds_count",
                      "cogvideo_request_time_to_first_frame_seconds_count", "cogvideo_request_stage_seconds_count",
                      "cogvideo_step_seconds_bucket", "cogvideo_requests_running", "cogvideo_requests_waiting",
-                     "cogvideo_requests_created_total 2.0", 'cogvideo_requests_finished_total{status="completed"} 1.0',
+                     "cogvideo_requests_created_total 2.0", 'cogvideo_requests_finished_total{status="completed"} 2.0',
                      "cogvideo_generated_tokens_total"):
             assert name in metrics, name
         assert 'le="28800.0"' in metrics  # buckets up to hours

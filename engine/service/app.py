@@ -21,6 +21,7 @@ messages naming the field); FastAPI's value is a second, Pydantic, copy of each 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 from collections.abc import Callable
@@ -132,6 +133,7 @@ def create_app(load_engine: Callable[[], object], store: str, *, api_key: str | 
     manager = JobManager(JobStore(store), model_id=model_id, max_queued=max_queued, retention_s=retention_s,
                          shutdown_timeout_s=shutdown_timeout_s)
 
+    @contextlib.asynccontextmanager
     async def lifespan(app):
         starting = asyncio.get_running_loop().create_task(manager.start(load_engine,
                                                                        async_engine_kwargs=async_engine_kwargs))

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..io.export import upscale_nearest, write_gif, write_image, write_mp4, write_tokens
+from ..io.export import write_gif, write_image, write_mp4, write_tokens
 from ..serving.types import Checkpoint, QueueFull, SamplingParams
 from .params import InvalidRequest, param_named
 from .prometheus import ServiceMetrics
@@ -502,7 +502,11 @@ class JobManager:
                 await asyncio.to_thread(self.store.update, job.id, **fields)
 
     def _write_outputs(self, job_id: str, outputs) -> list[str]:
-        """Each sample's tokens, GIF, MP4 (where an encoder is installed) and thumbnail; the names written."""
+        """Each sample's tokens, GIF, MP4 (where an encoder is installed) and thumbnail; the names written.
+
+        What runs in worker threads (this, the previews, the checkpoints) does no parallel torch work: a thread that
+        ran one OpenMP region keeps an idle team, and on a small machine that slowed the engine loop's steps by
+        40-65% for the rest of the process (see ``release_openmp_threads``)."""
         files = []
         for k, out in enumerate(outputs):
             names = {f"sample-{k}.tokens.npy": lambda p, o=out: write_tokens(p, o.tokens),
@@ -558,7 +562,7 @@ def _preview_data_url(frames: torch.Tensor) -> str:
     if frames.shape[0] == 1:
         Image.fromarray(frames[0].numpy()).save(buffer, format="PNG")
         return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    small = upscale_nearest(frames, ROUND_PREVIEW_SIZE) if frames.shape[1] != ROUND_PREVIEW_SIZE else frames
-    images = [Image.fromarray(np.ascontiguousarray(f.numpy())) for f in small]
+    stride = max(1, frames.shape[1] // ROUND_PREVIEW_SIZE)  # nearest-neighbour, in NumPy: see _write_outputs
+    images = [Image.fromarray(np.ascontiguousarray(f)) for f in frames.numpy()[:, ::stride, ::stride]]
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=125, loop=0)
     return "data:image/gif;base64," + base64.b64encode(buffer.getvalue()).decode()

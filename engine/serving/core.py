@@ -486,6 +486,7 @@ class EngineCore:
             for b, u in enumerate(batch):
                 if u.request.previews and not u.request.finished:
                     self._preview(u.request, u.index[0], tokens[b][None], frame_index=1 + target)
+            last[0] = time.perf_counter()  # a preview's decoding is not the next step's time (nor in the ETA)
 
         result = decode_pass(runner, cache, kind.pass_, PASS_TARGETS[kind], rows, self.engine.sampler,
                              schedule=batch[0].request.params.schedule, boi_id=self.engine.tokenizer.boi_id,

@@ -39,6 +39,9 @@ from .store import FINISHED, JobRecord, JobStore, new_job_id
 
 PROGRESS_EVENT_INTERVAL_S = 0.1
 """A job's event log takes a progress event at most this often (and at every phase's end)."""
+PROGRESS_POLL_S = 0.05
+"""After a progress event a job's follower waits this long before reading the next (one per decode step otherwise:
+thousands a second, each taking the GIL from the engine loop)."""
 MAX_LOG_FRAMES = 32
 """Frame previews an event log keeps (the oldest go first; a finished job's log keeps none: its video is stored)."""
 ROUND_PREVIEW_SIZE = 80
@@ -436,6 +439,8 @@ class JobManager:
         try:
             async for ev in handle:
                 await self._on_event(job, ev)
+                if ev.kind == "progress":  # the channel merges the progress made meanwhile: this thread's work
+                    await asyncio.sleep(PROGRESS_POLL_S)  # (and its share of the GIL) stays ~20 wake-ups/s a job
         except Exception as error:  # noqa: BLE001  (a failure here must reach the job, not vanish in a task)
             self._finish(job, "failed", _error(error, "service_error"))
             with contextlib.suppress(Exception):

@@ -44,8 +44,6 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -54,6 +52,8 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+
+from cogvideo_engine.service.client import ServiceProcess, free_port, parse_sse
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -68,93 +68,12 @@ WARMUP_PROMPT = "a warm-up request"
 WARMUP_SEED = 1_000_003
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _parent_death_signal() -> None:  # in the child before exec: it gets SIGTERM if this process dies
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class Server:
-    """The service in a subprocess: ``start()`` waits for ``/health`` 200; ``stop()`` is SIGTERM (a graceful
-    shutdown), then SIGKILL after ``timeout``. Its output goes to ``log_path``."""
-
-    def __init__(self, cmd: list[str], port: int, log_path: Path):
-        self.cmd, self.port, self.log_path = cmd, port, log_path
-        self.proc: subprocess.Popen | None = None
-        self.ready_s: float | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = START_TIMEOUT_S) -> Server:
-        import httpx
-
-        env = {k: v for k, v in os.environ.items() if k != "COGVIDEO_API_KEY"}  # loopback, no key
-        env["PYTHONUNBUFFERED"] = "1"
-        self._log = open(self.log_path, "ab")  # noqa: SIM115  (closed in stop)
-        t0 = time.perf_counter()
-        death = _parent_death_signal if sys.platform == "linux" else None
-        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=BENCH.parent,
-                                     preexec_fn=death)  # noqa: PLW1509  (started before any thread of ours)
-        deadline = time.monotonic() + timeout
-        with httpx.Client(base_url=self.url, timeout=5.0) as client:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.log()}")
-                with contextlib.suppress(httpx.TransportError, ValueError):
-                    r = client.get("/health")
-                    if r.status_code == 200:
-                        break
-                    if r.json().get("status") == "failed":  # the engine did not load; the server stays up to say so
-                        raise RuntimeError(f"the server's engine failed to load: {r.json().get('error')}\n"
-                                           f"{self.log()}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the server was not ready in {timeout} s:\n{self.log()}")
-                time.sleep(0.2)
-        self.ready_s = time.perf_counter() - t0
-        return self
-
-    def threads(self) -> int | None:
-        """The server process's thread count (Linux), e.g. to see OpenMP teams made by threads that computed."""
-        with contextlib.suppress(OSError, AttributeError, ValueError):
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("Threads:"):
-                    return int(line.split()[1])
-        return None
-
-    def log(self, chars: int = 5000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
-
-    def stop(self, timeout: float = 60.0) -> int | None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                say(f"  !!! the server did not stop {timeout} s after SIGTERM: SIGKILL")
-                self.proc.kill()
-                self.proc.wait(30)
-        if getattr(self, "_log", None) is not None:
-            self._log.close()
-            self._log = None
-        return None if self.proc is None else self.proc.returncode
-
-
 def server_command(model: str, device: str, port: int, store: Path) -> list[str]:
-    common = ["--host", "127.0.0.1", "--port", str(port), "--store", str(store), "--log-level", "warning",
-              "--device", device]
     if model == "tiny":
-        return [sys.executable, "-m", "cogvideo_engine", "serve", *common,
-                *(["--dtype", "bf16"] if device == "cuda" else [])]
-    return [sys.executable, str(Path(__file__).resolve()), "--serve", model, *common]
+        return ServiceProcess.serve_command(store, port, "--log-level", "warning", "--device", device,
+                                            *(["--dtype", "bf16"] if device == "cuda" else []))
+    return [sys.executable, str(Path(__file__).resolve()), "--serve", model, "--host", "127.0.0.1", "--port",
+            str(port), "--store", str(store), "--log-level", "warning", "--device", device]
 
 
 def serve_main(args) -> int:
@@ -170,25 +89,6 @@ def serve_main(args) -> int:
 
 
 # -- clients --------------------------------------------------------------------------------------------------
-
-
-def sse_events(response):
-    """``(event, data text, perf_counter at its end)`` of a server-sent event stream, as each event completes."""
-    event, data = None, []
-    for line in response.iter_lines():
-        if line == "":
-            if event is not None or data:
-                yield event or "message", "\n".join(data), time.perf_counter()
-            event, data = None, []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "event":
-            event = value
-        elif name == "data":
-            data.append(value)
 
 
 def job_body(i: int, full: bool) -> dict:
@@ -209,15 +109,16 @@ def http_job(client, body: dict, t0: float) -> dict:
     rec["job_id"] = job["id"]
     with client.stream("GET", f"/v1/videos/{job['id']}/events") as resp:
         resp.raise_for_status()
-        for event, text, t in sse_events(resp):
-            if event == "progress" and "started_s" not in rec and json.loads(text).get("status") == "in_progress":
+        for ev in parse_sse(resp.iter_lines()):
+            t, event = time.perf_counter(), ev.event  # as each event completes
+            if event == "progress" and "started_s" not in rec and ev.json().get("status") == "in_progress":
                 rec["started_s"] = t - t0
-            elif event == "frame" and "ttff_s" not in rec and json.loads(text).get("frame_index") == 0:
+            elif event == "frame" and "ttff_s" not in rec and ev.json().get("frame_index") == 0:
                 rec["ttff_s"] = t - t_post
             elif event in ("completed", "failed", "cancelled"):
                 rec.update(status=event, done_s=t - t0, e2e_s=t - t_post)
                 if event != "completed":
-                    rec["error"] = json.loads(text).get("error")
+                    rec["error"] = ev.json().get("error")
                 break
     if "status" not in rec:
         rec.update(status="stream-ended", error="the event stream ended without a terminal event",
@@ -584,11 +485,13 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="http-load-"))
     port = free_port()
     cmd = server_command(args.model, args.device, port, tmp / "store")
-    server = Server(cmd, port, tmp / "server.log")
+    env_server = {k: v for k, v in os.environ.items() if k != "COGVIDEO_API_KEY"}  # loopback, no key
+    server = ServiceProcess(cmd, port, tmp / "server.log", env={**env_server, "PYTHONUNBUFFERED": "1"},
+                            cwd=BENCH.parent)
     say(f"starting the server: {' '.join(cmd)}")
     http_rows = []
     try:
-        server.start()
+        server.start(START_TIMEOUT_S)
         say(f"server ready in {server.ready_s:.1f} s at {server.url} (log {server.log_path})")
         http_env = {**env, "server_cmd": " ".join(cmd[1:]), "server_ready_s": server.ready_s}
         for w in range(args.warmup):

@@ -145,11 +145,7 @@ def create_app(load_engine: Callable[[], object], store: str, *, api_key: str | 
             await manager.shutdown()
 
     def known(request: Request):
-        job = manager.get(request.path_params["video_id"])
-        if job is None:
-            raise InvalidRequest(f"no video with id {request.path_params['video_id']!r}", param="video_id",
-                                 code="not_found", status=404)
-        return job
+        return manager.known(request.path_params["video_id"])
 
     async def create(request: Request):
         body, form = await _create_body(request)

@@ -181,9 +181,9 @@ class JobManager:
         self.metrics = ServiceMetrics(running=lambda: self._count(started=True),
                                       waiting=lambda: self._count(started=False),
                                       core_stats=lambda: None if self.engine is None else self.engine.metrics())
-        self._stopping = False
+        self._engine_stopping = False
         self._sweeper: asyncio.Task | None = None
-        self._output_size = 160
+        self._super_resolution_default = False
         self._frame_len = 400
 
     # -- life -----------------------------------------------------------------------------------------------
@@ -205,7 +205,7 @@ class JobManager:
             return
         e = self.engine.engine
         self._frame_len = e.stage1_model.config.geometry.frame_len
-        self._output_size = 480 if e.super_resolution_default else 160
+        self._super_resolution_default = e.super_resolution_default
         self.engine.core.step_observers.append(self.metrics.observe_step)
         for record in self.store.all():
             self._restore(record)
@@ -224,7 +224,7 @@ class JobManager:
         deadline = time.monotonic() + self.shutdown_timeout_s
         while any(not j.finished for j in self.jobs.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-        self._stopping = True
+        self._engine_stopping = True
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self.engine is not None:
@@ -309,16 +309,18 @@ class JobManager:
             raise InvalidRequest(f"model must be {self.model_id!r} (the model this server runs), got {model!r}",
                                  param="model", code="model_not_found")
         size = openai.get("size")
-        want_size = 480 if (params.super_resolution if params.super_resolution is not None
-                            else self._output_size == 480) else 160
-        if size is not None and size != f"{want_size}x{want_size}":
-            raise InvalidRequest(f"size must be '{want_size}x{want_size}' (what these settings make), got {size!r}",
+        if size is not None and size != self._size(params):
+            raise InvalidRequest(f"size must be '{self._size(params)}' (what these settings make), got {size!r}",
                                  param="size")
         seconds = openai.get("seconds")
         if seconds is not None and str(seconds) != self._seconds(params):
             raise InvalidRequest(f"seconds must be '{self._seconds(params)}' (what these settings make: "
                                  f"{'5 frames at 4' if params.only_first_stage else '33 frames at 8'} fps), got "
                                  f"{seconds!r}", param="seconds")
+
+    def _size(self, params: SamplingParams) -> str:
+        sr = params.super_resolution if params.super_resolution is not None else self._super_resolution_default
+        return "480x480" if sr else "160x160"
 
     @staticmethod
     def _seconds(params: SamplingParams) -> str:
@@ -332,9 +334,6 @@ class JobManager:
         self.jobs.pop(job.id, None)
         await asyncio.to_thread(self.store.delete, job.id)
 
-    def get(self, job_id: str) -> Job | None:
-        return self.jobs.get(job_id)
-
     def page(self, limit: int, after: str | None, order: str) -> tuple[list[Job], bool]:
         """Up to ``limit`` jobs after the job ``after`` (its id), newest first for ``order="desc"``; and whether
         more follow."""
@@ -347,7 +346,7 @@ class JobManager:
         return jobs[:limit], len(jobs) > limit
 
     async def cancel(self, job_id: str) -> Job:
-        job = self._known(job_id)
+        job = self.known(job_id)
         if not job.finished:
             self.engine.abort(job_id)  # the "cancelled" event follows from the loop; the record is made there
             if job.task is not None:
@@ -357,7 +356,7 @@ class JobManager:
     async def delete(self, job_id: str) -> None:
         """Abort the job if it runs (its rows leave the engine by the end of the running pass), then remove its
         record and files."""
-        job = self._known(job_id)
+        job = self.known(job_id)
         job.deleted = True
         if not job.finished:
             self.engine.abort(job_id)
@@ -365,7 +364,8 @@ class JobManager:
             self.jobs.pop(job_id, None)
             await asyncio.to_thread(self.store.delete, job_id)
 
-    def _known(self, job_id: str) -> Job:
+    def known(self, job_id: str) -> Job:
+        """The job ``job_id``; :class:`~.params.InvalidRequest` 404 if there is none."""
         job = self.jobs.get(job_id)
         if job is None:
             raise InvalidRequest(f"no video with id {job_id!r}", param="video_id", code="not_found", status=404)
@@ -375,7 +375,7 @@ class JobManager:
 
     async def content(self, job_id: str, variant: str, sample: int) -> tuple[bytes, str, str]:
         """``(bytes, media type, file name)`` of a completed job's ``variant`` for ``sample``."""
-        job = self._known(job_id)
+        job = self.known(job_id)
         if variant not in VARIANTS:
             raise InvalidRequest(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}", param="variant")
         if not 0 <= sample < job.params.num_samples:
@@ -412,8 +412,6 @@ class JobManager:
         r = job.record
         expires = None if r.completed_at is None or self.retention_s is None else int(r.completed_at +
                                                                                        self.retention_s)
-        size = 480 if job.params.super_resolution or (job.params.super_resolution is None and
-                                                       self._output_size == 480) else 160
         return {
             "id": r.id, "object": "video", "model": self.model_id, "status": r.status,
             "progress": job.progress(self._frame_len), "phase": job.phase,
@@ -421,7 +419,7 @@ class JobManager:
             "eta_seconds": None if job.finished or job.eta_s is None else round(job.eta_s, 3),
             "created_at": int(r.created_at), "completed_at": None if r.completed_at is None else int(r.completed_at),
             "expires_at": expires, "error": r.error, "prompt": r.prompt, "seconds": self._seconds(job.params),
-            "size": f"{size}x{size}", "num_samples": job.params.num_samples,
+            "size": self._size(job.params), "num_samples": job.params.num_samples,
             "checkpoint_frames": r.checkpoint_frames, "params": r.params,
             "timings": r.timings or None,
         }
@@ -486,7 +484,7 @@ class JobManager:
                 await asyncio.to_thread(self.store.path(job.id, "checkpoint.npy").unlink, missing_ok=True)
             self.metrics.observe_completed(ev.outputs[0].timings)
         elif kind in ("failed", "cancelled"):
-            if self._stopping or job.deleted:  # shut down: stays unfinished (resumes at the next start)
+            if self._engine_stopping or job.deleted:  # shut down: stays unfinished (resumes at the next start)
                 job.log.closed = True
                 job.log._wake()
                 return

@@ -8,7 +8,9 @@ error whichever backend runs; limits of one backend (its dtypes, its head dims) 
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 
 import torch
 
@@ -52,6 +54,22 @@ def _is_integer(t: torch.Tensor) -> bool:
     return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
 
 
+_scope = threading.local()
+
+
+@contextlib.contextmanager
+def text_lengths_checked():
+    """Inside this block (this thread) the window kernels take their ``text_len`` values as checked: the caller
+    checked them on the host already -- a static cache does when it binds a batch's rows -- so no kernel call reads
+    them back (on a GPU that read is a host synchronisation: once per layer and channel of every forward)."""
+    before = getattr(_scope, "checked", False)
+    _scope.checked = True
+    try:
+        yield
+    finally:
+        _scope.checked = before
+
+
 def check_window_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_index: torch.Tensor,
                         text_len: torch.Tensor, text_bias: torch.Tensor, rule: AttentionRule) -> None:
     """The checks of the :func:`window_attention` contract every backend shares; errors name the constraint.
@@ -60,7 +78,8 @@ def check_window_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_ind
     text_len and text_bias ``[B]``. Dtypes: q, k, v share one floating-point dtype; q_index and text_len are
     integer. Devices: k, v and q_index on q's device; text_len and text_bias there or on the host. Values:
     every text length in ``1..rule.text_capacity`` -- reading them synchronises with the device, so this one
-    check is skipped while a CUDA graph is being captured. Raises ``ValueError``.
+    check is skipped inside :func:`text_lengths_checked` and while a CUDA graph is being captured. Raises
+    ``ValueError``.
     """
     for name, t, rows in (("q", q, "Q"), ("k", k, "S"), ("v", v, "S")):
         if t.dim() != 4:
@@ -89,7 +108,7 @@ def check_window_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_ind
     for name, t in (("text_len", text_len), ("text_bias", text_bias)):
         if t.device != q.device and t.device.type != "cpu":
             raise ValueError(f"{name} is on {t.device}, q on {q.device}: it must be on q's device or the host")
-    if q.is_cuda and torch.cuda.is_current_stream_capturing():
+    if getattr(_scope, "checked", False) or (q.is_cuda and torch.cuda.is_current_stream_capturing()):
         return
     for i, n in enumerate(text_len.tolist()):
         if not 1 <= n <= rule.text_capacity:

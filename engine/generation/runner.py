@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from cogvideo_engine.kernels.batch_invariant import linear_rows, linear_rows_available
 from cogvideo_engine.kernels.layout import SPATIAL, TEMPORAL, AttentionRule
-from cogvideo_engine.kernels.reference import compute_dtype
+from cogvideo_engine.kernels.reference import compute_dtype, text_lengths_checked
 from cogvideo_engine.kernels.registry import default_backend, get_backend
 from cogvideo_engine.kernels.rules import Pass, StreamLayout
 
@@ -127,8 +127,9 @@ class StaticCache:
         for lay in layouts:
             if (lay.pass_, lay.num_targets, lay.geometry, lay.stage1_windowed) != self.key:
                 raise ValueError("rows of one cache must share the pass, targets, geometry and temporal rule")
-            if lay.text_len > self.text_capacity:
-                raise ValueError(f"text length {lay.text_len} exceeds the cache's text capacity {self.text_capacity}")
+            if not 1 <= lay.text_len <= self.text_capacity:  # checked here, once: the kernels do not read them back
+                raise ValueError(f"text length {lay.text_len} must lie in 1..the cache's text capacity "
+                                 f"{self.text_capacity}")
         b = len(layouts)
         self.layouts = list(layouts)
         self._text_len[:b].copy_(torch.tensor([lay.text_len for lay in layouts]))
@@ -318,8 +319,14 @@ class ModelRunner:
     @torch.no_grad()
     def _forward(self, cache: StaticCache, ids: torch.Tensor, q_index: torch.Tensor, position: torch.Tensor,
                  text_bias: torch.Tensor, want_logits: bool, *, invariant: bool = False) -> torch.Tensor | None:
-        """One forward; device tensors in, no host synchronisation inside (CUDA-graph capturable).
+        """One forward; device tensors in, no host synchronisation inside (CUDA-graph capturable; the cache's text
+        lengths were checked when it was bound: :func:`text_lengths_checked`; tests/generation/test_host_sync.py).
         ``invariant``: the linear layers through the batch-invariant kernel (decode steps)."""
+        with text_lengths_checked():
+            return self._layers(cache, ids, q_index, position, text_bias, want_logits, invariant)
+
+    def _layers(self, cache: StaticCache, ids: torch.Tensor, q_index: torch.Tensor, position: torch.Tensor,
+                text_bias: torch.Tensor, want_logits: bool, invariant: bool) -> torch.Tensor | None:
         model = self.model
         linear = linear_rows if invariant else _blas_linear
         b, n = ids.shape

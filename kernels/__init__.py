@@ -8,6 +8,8 @@ Modules, bottom to top (each imports only modules listed above it; nothing here 
 * ``reference`` is the plain-PyTorch window-attention backend every other backend is tested against, and
   holds ``check_window_inputs``, the input checks every window backend runs first; ``local_reference`` is the
   same for the local attention (``check_local_inputs``).
+* ``launch`` holds what every kernel launch shares: the output allocation (``attention_output``; the ops' fakes
+  return the same strides) and the device guard.
 * ``triton_common`` holds what the Triton kernels share: the guarded ``triton`` import, ``triton_status``,
   interpreter detection and the bf16 work-around it needs, the launch check, and the jit helpers of the online
   softmax. ``triton_attention`` (window attention) and ``triton_local_attention`` (super-resolution local

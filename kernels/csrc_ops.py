@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from .launch import attention_output, device_guard
 from .layout import AttentionRule
 from .local_reference import check_local_inputs
 from .local_rules import LocalGeometry
@@ -64,14 +65,15 @@ def window_attention_csrc(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_i
     q_index = q_index.to(torch.int64)
     text_len = text_len.to(device=device, dtype=torch.int32).contiguous()
     text_bias = text_bias.to(device=device, dtype=torch.float32).contiguous()
-    out = torch.empty_like(q)
+    out = attention_output(q)
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
     g = rule.geometry
-    _C.window_attention(device.type, _tensor_arg(q), _tensor_arg(k), _tensor_arg(v), _tensor_arg(out),
-                        q_index.data_ptr(), q_index.stride(0), q_index.stride(1), text_len.data_ptr(),
-                        text_bias.data_ptr(), rule.temporal, rule.windowed, rule.bidirectional_given,
-                        rule.pass_.num_given, rule.cache_slots, g.grid, g.window, rule.shift, rule.text_capacity,
-                        stream)
+    with device_guard(q):
+        _C.window_attention(device.type, _tensor_arg(q), _tensor_arg(k), _tensor_arg(v), _tensor_arg(out),
+                            q_index.data_ptr(), q_index.stride(0), q_index.stride(1), text_len.data_ptr(),
+                            text_bias.data_ptr(), rule.temporal, rule.windowed, rule.bidirectional_given,
+                            rule.pass_.num_given, rule.cache_slots, g.grid, g.window, rule.shift, rule.text_capacity,
+                            stream)
     return out
 
 
@@ -87,11 +89,12 @@ def local_attention_csrc(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_lo
     check_local_inputs(q, k, v, k_low, v_low, geometry)
     q, k, v, k_low, v_low = (t if t.stride(-1) == 1 else t.contiguous()
                              for t in (q, k, v, k_low, v_low))
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    out = attention_output(q)
     device = q.device
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
     g = geometry
-    _C.local_attention(device.type, _tensor_arg(q), _tensor_arg(k), _tensor_arg(v), _tensor_arg(k_low),
-                       _tensor_arg(v_low), _tensor_arg(out), g.grid, g.low_grid, g.window_rows, g.window_cols,
-                       g.low_window, stream)
+    with device_guard(q):
+        _C.local_attention(device.type, _tensor_arg(q), _tensor_arg(k), _tensor_arg(v), _tensor_arg(k_low),
+                           _tensor_arg(v_low), _tensor_arg(out), g.grid, g.low_grid, g.window_rows, g.window_cols,
+                           g.low_window, stream)
     return out

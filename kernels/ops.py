@@ -7,7 +7,8 @@ backend's own error).
 
 Each window-attention kernel becomes ``cogvideo_engine::<name>(q, k, v, q_index, text_len, text_bias, pass,
 channel, layer_parity, grid, window, shift, text_capacity) -> Tensor`` with a fake (meta) implementation
-returning a tensor like ``q``: ``window_attention_triton`` and ``window_attention_csrc``.
+returning what the kernels allocate (:func:`.launch.attention_output`, strides included):
+``window_attention_triton`` and ``window_attention_csrc``.
 
 The super-resolution local attention becomes ``cogvideo_engine::<name>(q, k, v, k_low, v_low, grid,
 low_grid, window_rows, window_cols, low_window) -> Tensor``: ``local_attention_triton`` and
@@ -23,6 +24,7 @@ from collections.abc import Callable
 import torch
 
 from .csrc_ops import local_attention_csrc, window_attention_csrc
+from .launch import attention_output
 from .layout import AttentionRule
 from .local_rules import LocalGeometry
 from .rules import FrameGeometry
@@ -58,7 +60,7 @@ def register_window_attention_op(name: str, kernel: KernelFn, backend: str) -> K
     @op.register_fake
     def _(q, k, v, q_index, text_len, text_bias, pass_name, channel, layer_parity, grid, window, shift,
           text_capacity):
-        return torch.empty_like(q)
+        return attention_output(q)
 
     def call(q, k, v, q_index, text_len, text_bias, rule: AttentionRule) -> torch.Tensor:
         rule.require_released_rules(backend)  # the op's arguments carry the released rules only
@@ -79,7 +81,7 @@ def register_local_attention_op(name: str, kernel: KernelFn) -> KernelFn:
 
     @op.register_fake
     def _(q, k, v, k_low, v_low, grid, low_grid, window_rows, window_cols, low_window):
-        return torch.empty_like(q)
+        return attention_output(q)
 
     def call(q, k, v, k_low, v_low, geometry: LocalGeometry) -> torch.Tensor:
         g = geometry

@@ -27,6 +27,7 @@ import math
 
 import torch
 
+from .launch import MAX_GRID_Y, attention_output, device_guard
 from .layout import AttentionRule
 from .reference import check_window_inputs
 from .triton_common import KERNEL_DTYPES, check_launch, online_softmax_update, round_to_bf16, tl, triton, upcast_bf16
@@ -104,8 +105,8 @@ if triton is not None:
             GRID: tl.constexpr, WINDOW: tl.constexpr, SHIFT: tl.constexpr, NUM_SLOTS: tl.constexpr,
             FRAME_LEN: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
             IEEE: tl.constexpr, UPCAST: tl.constexpr):
-        pid_m = tl.program_id(0)
-        pid_bh = tl.program_id(1)
+        pid_bh = tl.program_id(0)
+        pid_m = tl.program_id(1)
         b = pid_bh // num_heads
         h = pid_bh % num_heads
 
@@ -195,7 +196,7 @@ def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
         raise ValueError(f"head dim {d} is not supported by the triton backend (16, 32, 64 or 128)")
     if q.dtype not in KERNEL_DTYPES:
         raise ValueError(f"the triton backend takes fp16, bf16 or fp32 inputs, got {q.dtype}")
-    out = torch.empty_like(q)
+    out = attention_output(q)
     if n_q == 0:
         return out
     if block_m is None:
@@ -205,13 +206,17 @@ def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
     q_index = q_index.to(torch.int32)
     text_len = text_len.to(device=q.device, dtype=torch.int32)
     text_bias = text_bias.to(device=q.device, dtype=torch.float32)
-    grid = (triton.cdiv(n_q, block_m), b * h)
+    grid = (b * h, triton.cdiv(n_q, block_m))  # sequences x heads on the first axis: no 65535 limit there
+    if grid[1] > MAX_GRID_Y:
+        raise ValueError(f"{n_q} queries per sequence need {grid[1]} tiles of {block_m}, over CUDA's {MAX_GRID_Y} "
+                         "second grid dimension")
     g = rule.geometry
-    _window_attention_kernel[grid](
-        q, k, v, out, q_index, text_len, text_bias,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *q_index.stride(),
-        h, n_q, rule.text_capacity, rule.pass_.num_given, 1.0 / math.sqrt(d),
-        TEMPORAL=rule.temporal, WINDOWED=rule.windowed, BIDIR_GIVEN=rule.bidirectional_given,
-        GRID=g.grid, WINDOW=g.window, SHIFT=rule.shift, NUM_SLOTS=rule.cache_slots, FRAME_LEN=g.frame_len,
-        HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, IEEE=q.dtype == torch.float32, UPCAST=upcast_bf16(q.dtype))
+    with device_guard(q):
+        _window_attention_kernel[grid](
+            q, k, v, out, q_index, text_len, text_bias,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *q_index.stride(),
+            h, n_q, rule.text_capacity, rule.pass_.num_given, 1.0 / math.sqrt(d),
+            TEMPORAL=rule.temporal, WINDOWED=rule.windowed, BIDIR_GIVEN=rule.bidirectional_given,
+            GRID=g.grid, WINDOW=g.window, SHIFT=rule.shift, NUM_SLOTS=rule.cache_slots, FRAME_LEN=g.frame_len,
+            HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, IEEE=q.dtype == torch.float32, UPCAST=upcast_bf16(q.dtype))
     return out

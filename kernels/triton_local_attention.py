@@ -49,6 +49,7 @@ import math
 
 import torch
 
+from .launch import attention_output, device_guard
 from .local_reference import check_local_inputs
 from .local_rules import LocalGeometry
 from .triton_common import KERNEL_DTYPES, check_launch, online_softmax_update, round_to_bf16, tl, triton, upcast_bf16
@@ -195,7 +196,7 @@ def local_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_
     check_local_inputs(q, k, v, k_low, v_low, geometry)
     if q.dtype not in KERNEL_DTYPES:
         raise ValueError(f"inputs must be fp16, bf16 or fp32, got {q.dtype}")
-    b, h, n, d = q.shape
+    b, h, _, d = q.shape
     if d > _MAX_HEAD_DIM:
         raise ValueError(f"head dim d={d} is above the {_MAX_HEAD_DIM} this kernel keeps in registers")
     if block_q is None:
@@ -205,7 +206,7 @@ def local_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_
             raise ValueError(f"{name} must be a power of two, got {val}")
     if block_q * block_rows < _MIN_DOT:
         raise ValueError(f"block_q * block_rows must be at least {_MIN_DOT}, got {block_q} * {block_rows}")
-    out = torch.empty((b, h, n, d), dtype=q.dtype, device=q.device)
+    out = attention_output(q)
     if out.numel() == 0:
         return out
     block_k, block_l = local_tiles(geometry, block_q)
@@ -223,10 +224,7 @@ def local_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_
             "BLOCK_ROWS": block_rows, "BLOCK_Q": block_q, "BLOCK_K": block_k, "BLOCK_L": block_l,
             "COL_TILES": col_tiles, "ROW_TILES": row_tiles, "IEEE": q.dtype == torch.float32,
             "UPCAST": upcast_bf16(q.dtype)}
-    if q.is_cuda:
-        with torch.cuda.device(q.device):
-            _local_attention_kernel[launch](*args, **meta, num_warps=num_warps)
-    else:
+    with device_guard(q):
         _local_attention_kernel[launch](*args, **meta, num_warps=num_warps)
     return out
 

@@ -50,6 +50,45 @@ def test_op_registration_passes_opcheck(op_name, ready):
     torch.library.opcheck(getattr(torch.ops.cogvideo_engine, op_name).default, args)
 
 
+def _layouts(t: torch.Tensor) -> list[torch.Tensor]:
+    """``t`` contiguous, with its heads and queries swapped in memory (the runner's views) and with a
+    non-unit last stride: the same values, three layouts."""
+    swapped = t.transpose(1, 2).contiguous().transpose(1, 2)
+    strided = t.transpose(-1, -2).contiguous().transpose(-1, -2)
+    return [t, swapped, strided]
+
+
+def _fake_and_real_strides(op, args) -> tuple[tuple, tuple]:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    real = op(*args)
+    with FakeTensorMode() as mode:
+        fake = op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
+    return fake.stride(), real.stride()
+
+
+@pytest.mark.parametrize("op_name,ready", [("window_attention_triton", triton_ready),
+                                           ("window_attention_csrc", cpu_ready)])
+def test_op_fake_returns_the_kernel_strides(op_name, ready):
+    """What torch.compile plans with (the fake) is what the kernel makes, for queries in any layout."""
+    if not ready.available:
+        pytest.skip(f"{ready.name} backend: {ready.reason}")
+    from cogvideo_engine.kernels.ops import rule_args
+
+    rule = AttentionRule(Pass.STAGE2, "temporal", 1, SMALL_GEOMETRY, text_capacity=3)
+    k, v = torch.randn(2, 2, rule.cache_len, 16), torch.randn(2, 2, rule.cache_len, 16)
+    lay = StreamLayout(Pass.STAGE2, 3, 2, SMALL_GEOMETRY)
+    q_index = torch.tensor([[0, lay.index(0, 5), lay.index(2, 15), lay.index(3, 3), lay.index(4, 0)]] * 2)
+    op = getattr(torch.ops.cogvideo_engine, op_name).default
+    strides = set()
+    for q in _layouts(torch.randn(2, 2, 5, 16)):
+        fake, real = _fake_and_real_strides(op, (q, k, v, q_index, torch.tensor([3, 2]), torch.tensor([1.4, 0.0]),
+                                                 *rule_args(rule)))
+        assert fake == real, q.stride()
+        strides.add(real)
+    assert len(strides) == 2  # like q when its last dimension is unit-stride, else contiguous
+
+
 def _model_matches_reference(pass_, backend):
     """Logits of the fp32 model on ``backend`` against the fp64 reference model, bounded by the fp32 reference
     model's own error there: the full teacher-forced forward, then the cached step path."""

@@ -56,20 +56,23 @@ if triton is not None:
         elif not WINDOWED:  # stage 1: every frame position at or before the query in stream order
             visible = q_frame & ((k_slot < q_slot) | (same_slot & (k_p <= q_p)))
         else:
-            qx = q_p // GRID
-            qy = q_p % GRID
-            kx = k_p // GRID
-            ky = k_p % GRID
-            # given rows: cyclic windows (roll by SHIFT, partition), over the given slots, bidirectional
-            cyclic = ((((qx - SHIFT + GRID) % GRID) // WINDOW) == (((kx - SHIFT + GRID) % GRID) // WINDOW)) & \
-                     ((((qy - SHIFT + GRID) % GRID) // WINDOW) == (((ky - SHIFT + GRID) % GRID) // WINDOW))
-            given = (q_kind == _KIND_GIVEN) & (k_slot < num_given) & cyclic
-            # target rows: clamped windows over every earlier slot, causal in the own slot, plus self
-            clamped = (((qx + SHIFT) // WINDOW) == ((kx + SHIFT) // WINDOW)) & \
-                      (((qy + SHIFT) // WINDOW) == ((ky + SHIFT) // WINDOW))
-            earlier = (k_slot < q_slot) | (same_slot & (k_p < q_p))
-            target = (q_kind == _KIND_TARGET) & ((clamped & earlier) | (same_slot & (k_p == q_p)))
-            visible = given | target
+            # each query's window group under its own rule (given rows: cyclic windows -- roll by SHIFT, then
+            # partition --; target rows: clamped windows) and each key's group under both, so the window test is
+            # one [M, N] compare (fewer [M, N] temporaries: the 64 x 64 prefill tile spilled with the per-axis form)
+            NWIN: tl.constexpr = (GRID + SHIFT) // WINDOW + 1
+            is_given = q_kind == _KIND_GIVEN
+            qx, qy = q_p // GRID, q_p % GRID
+            kx, ky = k_p // GRID, k_p % GRID
+            q_group = tl.where(is_given,
+                               (((qx - SHIFT + GRID) % GRID) // WINDOW) * NWIN + ((qy - SHIFT + GRID) % GRID) // WINDOW,
+                               ((qx + SHIFT) // WINDOW) * NWIN + (qy + SHIFT) // WINDOW)
+            k_cyclic = (((kx - SHIFT + GRID) % GRID) // WINDOW) * NWIN + ((ky - SHIFT + GRID) % GRID) // WINDOW
+            k_clamped = ((kx + SHIFT) // WINDOW) * NWIN + (ky + SHIFT) // WINDOW
+            same_window = q_group == tl.where(is_given, k_cyclic, k_clamped)
+            # given rows: over the given slots, bidirectional; target rows: every earlier slot, causal in the own
+            # slot, plus self
+            allowed = tl.where(is_given, k_slot < num_given, (k_slot < q_slot) | (same_slot & (k_p < q_p)))
+            visible = (same_window & allowed & q_frame) | ((q_kind == _KIND_TARGET) & same_slot & (k_p == q_p))
         return visible
 
     @triton.jit
@@ -179,7 +182,8 @@ if triton is not None:
 
 def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_index: torch.Tensor,
                             text_len: torch.Tensor, text_bias: torch.Tensor, rule: AttentionRule, *,
-                            block_m: int | None = None, block_n: int | None = None) -> torch.Tensor:
+                            block_m: int | None = None, block_n: int | None = None,
+                            num_warps: int | None = None) -> torch.Tensor:
     """Same contract as :func:`cogvideo_engine.kernels.reference.window_attention`, fused in one kernel.
 
     Inputs are checked by :func:`.reference.check_window_inputs`, then against this kernel's limits: head dim
@@ -203,6 +207,8 @@ def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
         block_m = 16 if n_q <= 16 else 64
     if block_n is None:
         block_n = 32 if n_q <= 16 else 64
+    if num_warps is None:  # 8 for the prefill tiles: 4 warps held the 64 x 64 fp32 accumulator and spilled
+        num_warps = 8 if block_m >= 64 else 4
     q_index = q_index.to(torch.int32)
     text_len = text_len.to(device=q.device, dtype=torch.int32)
     text_bias = text_bias.to(device=q.device, dtype=torch.float32)
@@ -218,5 +224,6 @@ def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
             h, n_q, rule.text_capacity, rule.pass_.num_given, 1.0 / math.sqrt(d),
             TEMPORAL=rule.temporal, WINDOWED=rule.windowed, BIDIR_GIVEN=rule.bidirectional_given,
             GRID=g.grid, WINDOW=g.window, SHIFT=rule.shift, NUM_SLOTS=rule.cache_slots, FRAME_LEN=g.frame_len,
-            HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, IEEE=q.dtype == torch.float32, UPCAST=upcast_bf16(q.dtype))
+            HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, IEEE=q.dtype == torch.float32, UPCAST=upcast_bf16(q.dtype),
+            num_warps=num_warps)
     return out

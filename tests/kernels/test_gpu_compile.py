@@ -1,9 +1,8 @@
 """The Triton kernels compile for the real GPUs (sm_90, sm_80) on this CPU machine: ``bench/compile_gpu_kernels.py
 --quick`` (the stage-2 temporal prefill -- the largest window launch -- and the DSR layer, bf16, at the released
 shapes, through the kernels' wrappers and Triton's JIT binder with a compile-only driver), in a subprocess without
-the interpreter. Each must compile, ask for no more shared memory than the target gives a block, and on sm_90 the
-window prefill must use Hopper's wgmma. Registers and spills are reported (the full table, every launch:
-``bench/results/gpu-compile-*.json``)."""
+the interpreter. Each must compile, ask for no more shared memory than the target gives a block, use Hopper's
+wgmma on sm_90, and spill nothing on sm_90 (the full table, every launch: ``bench/results/gpu-compile-*.json``)."""
 
 import importlib.util
 import json
@@ -49,6 +48,8 @@ def test_triton_kernels_compile_for_sm90_and_sm80(tmp_path):
         assert r["compiled"], r
         assert 0 < r["registers"] <= 255 and r["ptxas_registers"] == r["registers"], r
         assert r["dynamic_shared_bytes"] + r["static_shared_bytes"] <= r["shared_limit_bytes"], r
-        assert r["spill_store_bytes"] is not None, r  # reported (the window prefill spills at these shapes today)
+        assert r["spill_store_bytes"] is not None, r
+        if r["target"] == "sm_90":  # Hopper (the GPU this engine is tuned for): no spills; sm_80's stage-2
+            assert r["spill_store_bytes"] == r["spill_load_bytes"] == 0, r  # temporal prefill still spills ~1 KB
         assert r["wgmma"] == (r["target"] == "sm_90"), r
     assert done.returncode == 0, done.stderr[-3000:]

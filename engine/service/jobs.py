@@ -83,6 +83,11 @@ class EventLog:
             self.entries = [e for e in self.entries if e[1] != "frame"]
         self._wake()
 
+    def close(self) -> None:
+        """No more entries (followers finish what is there and end)."""
+        self.closed = True
+        self._wake()
+
     def _wake(self) -> None:
         if self._changed is not None:
             self._changed.set()
@@ -234,8 +239,7 @@ class JobManager:
             await asyncio.wait(tasks, timeout=30)
         self.state = "stopped"
         for job in self.jobs.values():
-            job.log.closed = True
-            job.log._wake()
+            job.log.close()
         self.store.close()
 
     @property
@@ -485,8 +489,7 @@ class JobManager:
             self.metrics.observe_completed(ev.outputs[0].timings)
         elif kind in ("failed", "cancelled"):
             if self._engine_stopping or job.deleted:  # shut down: stays unfinished (resumes at the next start)
-                job.log.closed = True
-                job.log._wake()
+                job.log.close()
                 return
             code = "cancelled" if kind == "cancelled" else "generation_failed"
             self._finish(job, kind, _error(ev.error, code))

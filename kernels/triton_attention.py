@@ -30,7 +30,8 @@ import torch
 from .launch import MAX_GRID_Y, attention_output, device_guard
 from .layout import AttentionRule
 from .reference import check_window_inputs
-from .triton_common import KERNEL_DTYPES, check_launch, online_softmax_update, round_to_bf16, tl, triton, upcast_bf16
+from .triton_common import (KERNEL_DTYPES, check_launch, online_softmax_update, resource_limits, round_to_bf16, tl,
+                            triton, upcast_bf16)
 
 HEAD_DIMS = (16, 32, 64, 128)
 """Head dims this kernel takes (one register tile of the whole head)."""
@@ -217,7 +218,7 @@ def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
         raise ValueError(f"{n_q} queries per sequence need {grid[1]} tiles of {block_m}, over CUDA's {MAX_GRID_Y} "
                          "second grid dimension")
     g = rule.geometry
-    with device_guard(q):
+    with device_guard(q), resource_limits("triton window-attention kernel"):
         _window_attention_kernel[grid](
             q, k, v, out, q_index, text_len, text_bias,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), *q_index.stride(),

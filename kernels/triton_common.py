@@ -1,5 +1,5 @@
 """What the Triton kernels share: the guarded ``triton`` import, the backend's status, interpreter detection, the
-launch check, and the jit helpers of the online softmax.
+launch check, the GPU's resource limits as clear errors, and the jit helpers of the online softmax.
 
 Both kernels (:mod:`.triton_attention`, window attention; :mod:`.triton_local_attention`, super-resolution
 local attention) import ``triton`` and ``tl`` from here, so a missing Triton is handled in one place: the names
@@ -16,14 +16,19 @@ tensor-core path; the compiled GPU kernels never take that branch.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 try:
     import triton
     import triton.language as tl
+    from triton.runtime.errors import OutOfResources
+    _LIMIT_ERRORS: tuple[type[Exception], ...] = (OutOfResources,)
 except ImportError:  # the registry reports the backend as unavailable
     triton = None
     tl = None
+    _LIMIT_ERRORS = ()
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 """The dtypes the Triton kernels take (scores, softmax state and accumulators are fp32 in every case)."""
@@ -84,6 +89,17 @@ else:
 def upcast_bf16(dtype: torch.dtype) -> bool:
     """Whether a launch on ``dtype`` inputs takes the kernels' ``UPCAST`` branch: bf16 in the interpreter."""
     return INTERPRETED and dtype == torch.bfloat16
+
+
+@contextlib.contextmanager
+def resource_limits(what: str):
+    """Around a launch: the GPU's per-block limits (shared memory, registers), which Triton checks when it loads the
+    kernel at the first launch, raised as ``ValueError`` naming the need, the limit and the way out."""
+    try:
+        yield
+    except _LIMIT_ERRORS as error:
+        raise ValueError(f"the {what} needs {error.required} of {error.name} per block at these tiles, over this GPU's "
+                         f"{error.limit}: pass smaller tiles (block_m / block_n, block_q / block_rows)") from None
 
 
 def check_launch(q: torch.Tensor, what: str = "triton backend") -> None:

@@ -52,7 +52,8 @@ import torch
 from .launch import attention_output, device_guard
 from .local_reference import check_local_inputs
 from .local_rules import LocalGeometry
-from .triton_common import KERNEL_DTYPES, check_launch, online_softmax_update, round_to_bf16, tl, triton, upcast_bf16
+from .triton_common import (KERNEL_DTYPES, check_launch, online_softmax_update, resource_limits, round_to_bf16, tl,
+                            triton, upcast_bf16)
 
 _MIN_DOT = 16  # the smallest extent tl.dot accepts along any axis
 _MAX_HEAD_DIM = 256
@@ -224,7 +225,7 @@ def local_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_
             "BLOCK_ROWS": block_rows, "BLOCK_Q": block_q, "BLOCK_K": block_k, "BLOCK_L": block_l,
             "COL_TILES": col_tiles, "ROW_TILES": row_tiles, "IEEE": q.dtype == torch.float32,
             "UPCAST": upcast_bf16(q.dtype)}
-    with device_guard(q):
+    with device_guard(q), resource_limits("triton local-attention kernel"):
         _local_attention_kernel[launch](*args, **meta, num_warps=num_warps)
     return out
 

@@ -137,3 +137,22 @@ def test_gpu_tile_sizes_and_head_dims(d, block_m, block_n):
     q = torch.randn(1, 2, q_index.shape[1], d, device=DEVICE, dtype=torch.float16)
     args = (q, k, v, q_index, torch.tensor([9], device=DEVICE), torch.tensor([1.4], device=DEVICE))
     assert_matches_reference(kernel(*args, rule, block_m=block_m, block_n=block_n), args, rule)
+
+
+@pytest.mark.skipif(triton_common.triton is None, reason="triton is not installed")
+def test_a_launch_over_the_gpus_limits_is_a_clear_error(monkeypatch):
+    """Triton refuses a kernel needing more shared memory than the GPU gives a block when it loads it (the first
+    launch); the wrapper says so with the numbers and the way out."""
+    from triton.runtime.errors import OutOfResources
+
+    class OverLimit:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise OutOfResources(232448 + 1024, 232448, "shared memory")
+            return launch
+
+    monkeypatch.setattr(triton_attention, "_window_attention_kernel", OverLimit())
+    rule = AttentionRule(*RULE_CASES[0], SMALL_GEOMETRY, text_capacity=6)
+    with pytest.raises(ValueError, match=r"needs 233472 of shared memory per block at these tiles, over this GPU's "
+                                         r"232448: pass smaller tiles"):
+        check(kernel, rule, all_positions(rule, [6, 3]), [6, 3], [1.4, 0.0], device=DEVICE, dtype=torch.float32)

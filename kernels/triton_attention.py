@@ -60,7 +60,7 @@ if triton is not None:
             # each query's window group under its own rule (given rows: cyclic windows -- roll by SHIFT, then
             # partition --; target rows: clamped windows) and each key's group under both, so the window test is
             # one [M, N] compare (fewer [M, N] temporaries: the 64 x 64 prefill tile spilled with the per-axis form)
-            NWIN: tl.constexpr = (GRID + SHIFT) // WINDOW + 1
+            NWIN = (GRID + SHIFT) // WINDOW + 1  # windows per axis (clamped: one more than cyclic)
             is_given = q_kind == _KIND_GIVEN
             qx, qy = q_p // GRID, q_p % GRID
             kx, ky = k_p // GRID, k_p % GRID

@@ -112,6 +112,7 @@ class StaticCache:
         self._text_len = torch.ones(capacity, dtype=torch.long, device=device)
         self.scratch_row = rows
         self.graphs: DecodeGraphs | None = None  # the CUDA graphs of this cache's steps, while it lives
+        self.frame_offsets: dict[tuple, torch.Tensor] = {}  # positions fed -> their frame offsets, on the device
         self.bind([layout])
 
     @property
@@ -255,9 +256,15 @@ class ModelRunner:
 
     @staticmethod
     def frame_index(cache: StaticCache, positions: list[tuple[int, int]]) -> torch.Tensor:
-        """``[B, n]`` stream index of each row at frame positions (slot, block position)."""
-        frame_len = cache.layouts[0].geometry.frame_len
-        rel = torch.tensor([frame_len * s + p for s, p in positions], device=cache.text_len.device)
+        """``[B, n]`` stream index of each row at frame positions (slot, block position). The offsets of each set
+        of positions are made on the device once per cache (a pass's schedule repeats them for every batch), not
+        copied from the host at every step."""
+        key = tuple(positions)
+        rel = cache.frame_offsets.get(key)
+        if rel is None:
+            frame_len = cache.layouts[0].geometry.frame_len
+            rel = cache.frame_offsets[key] = torch.tensor([frame_len * s + p for s, p in positions],
+                                                          device=cache.text_len.device)
         return cache.text_len[:, None] + rel[None, :]
 
     def prefill(self, cache: StaticCache, text_ids: list[torch.Tensor], given_ids: torch.Tensor,

@@ -78,3 +78,22 @@ def decode_queries(geometry_rule: AttentionRule, text_len):
     rows = [[lay[0].index(first_target, mid), lay[0].index(geometry_rule.cache_slots - 1, 0)],
             [lay[1].index(first_target, last), -1]]
     return torch.tensor(rows)
+
+
+def query_layouts(q: torch.Tensor) -> list[torch.Tensor]:
+    """``q [B, H, Q, d]`` contiguous, with its heads and queries swapped in memory (the runner's views of the fused
+    projection) and with a non-unit last stride: the same values in three layouts."""
+    swapped = q.transpose(1, 2).contiguous().transpose(1, 2)
+    strided = q.transpose(-1, -2).contiguous().transpose(-1, -2)
+    return [q, swapped, strided]
+
+
+def fake_and_real_strides(op, args) -> tuple[tuple, tuple]:
+    """The output strides of a registered op's fake (under FakeTensorMode, what torch.compile plans with) and of
+    the op itself on ``args``."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    real = op(*args)
+    with FakeTensorMode() as mode:
+        fake = op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
+    return fake.stride(), real.stride()

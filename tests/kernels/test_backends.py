@@ -10,7 +10,7 @@ from cogvideo_engine.kernels.registry import backend_status, default_backend, ge
 from cogvideo_engine.kernels.rules import FrameGeometry, Pass, StreamLayout
 
 from helpers.golden import check_against_golden
-from helpers.kernel_cases import assert_matches_reference
+from helpers.kernel_cases import assert_matches_reference, fake_and_real_strides, query_layouts
 from helpers.models import SMALL_BOI, SMALL_GEOMETRY, small_model
 from helpers.numerics import MODEL_FACTOR, assert_fp_close
 
@@ -39,32 +39,24 @@ def test_registry_names_and_reasons(monkeypatch):
 def test_op_registration_passes_opcheck(op_name, ready):
     if not ready.available:
         pytest.skip(f"{ready.name} backend: {ready.reason}")
-    from cogvideo_engine.kernels.ops import rule_args  # (importing ops registers every op)
+    torch.library.opcheck(_op(op_name), _op_args(torch.randn(2, 2, 5, 16)))
+
+
+def _op(op_name: str):
+    import cogvideo_engine.kernels.ops  # noqa: F401  (importing ops registers every op)
+
+    return getattr(torch.ops.cogvideo_engine, op_name).default
+
+
+def _op_args(q: torch.Tensor) -> tuple:
+    """A window op's arguments around queries ``q [2, 2, 5, 16]``: a stage-2 temporal launch, two sequences."""
+    from cogvideo_engine.kernels.ops import rule_args
 
     rule = AttentionRule(Pass.STAGE2, "temporal", 1, SMALL_GEOMETRY, text_capacity=3)
-    q = torch.randn(2, 2, 5, 16)
     k, v = torch.randn(2, 2, rule.cache_len, 16), torch.randn(2, 2, rule.cache_len, 16)
     lay = StreamLayout(Pass.STAGE2, 3, 2, SMALL_GEOMETRY)
     q_index = torch.tensor([[0, lay.index(0, 5), lay.index(2, 15), lay.index(3, 3), lay.index(4, 0)]] * 2)
-    args = (q, k, v, q_index, torch.tensor([3, 2]), torch.tensor([1.4, 0.0]), *rule_args(rule))
-    torch.library.opcheck(getattr(torch.ops.cogvideo_engine, op_name).default, args)
-
-
-def _layouts(t: torch.Tensor) -> list[torch.Tensor]:
-    """``t`` contiguous, with its heads and queries swapped in memory (the runner's views) and with a
-    non-unit last stride: the same values, three layouts."""
-    swapped = t.transpose(1, 2).contiguous().transpose(1, 2)
-    strided = t.transpose(-1, -2).contiguous().transpose(-1, -2)
-    return [t, swapped, strided]
-
-
-def _fake_and_real_strides(op, args) -> tuple[tuple, tuple]:
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    real = op(*args)
-    with FakeTensorMode() as mode:
-        fake = op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
-    return fake.stride(), real.stride()
+    return (q, k, v, q_index, torch.tensor([3, 2]), torch.tensor([1.4, 0.0]), *rule_args(rule))
 
 
 @pytest.mark.parametrize("op_name,ready", [("window_attention_triton", triton_ready),
@@ -73,17 +65,10 @@ def test_op_fake_returns_the_kernel_strides(op_name, ready):
     """What torch.compile plans with (the fake) is what the kernel makes, for queries in any layout."""
     if not ready.available:
         pytest.skip(f"{ready.name} backend: {ready.reason}")
-    from cogvideo_engine.kernels.ops import rule_args
-
-    rule = AttentionRule(Pass.STAGE2, "temporal", 1, SMALL_GEOMETRY, text_capacity=3)
-    k, v = torch.randn(2, 2, rule.cache_len, 16), torch.randn(2, 2, rule.cache_len, 16)
-    lay = StreamLayout(Pass.STAGE2, 3, 2, SMALL_GEOMETRY)
-    q_index = torch.tensor([[0, lay.index(0, 5), lay.index(2, 15), lay.index(3, 3), lay.index(4, 0)]] * 2)
-    op = getattr(torch.ops.cogvideo_engine, op_name).default
+    op = _op(op_name)
     strides = set()
-    for q in _layouts(torch.randn(2, 2, 5, 16)):
-        fake, real = _fake_and_real_strides(op, (q, k, v, q_index, torch.tensor([3, 2]), torch.tensor([1.4, 0.0]),
-                                                 *rule_args(rule)))
+    for q in query_layouts(torch.randn(2, 2, 5, 16)):
+        fake, real = fake_and_real_strides(op, _op_args(q))
         assert fake == real, q.stride()
         strides.add(real)
     assert len(strides) == 2  # like q when its last dimension is unit-stride, else contiguous

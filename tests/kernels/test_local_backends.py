@@ -6,6 +6,7 @@ import torch
 from cogvideo_engine.kernels.local_rules import LocalGeometry
 from cogvideo_engine.kernels.registry import get_local_backend, local_backend_status
 
+from helpers.kernel_cases import fake_and_real_strides, query_layouts
 from helpers.local_cases import make_inputs
 from helpers.models import SMALL_BOI, SMALL_LOCAL, small_dsr
 from helpers.numerics import MODEL_FACTOR, assert_fp_close, float64_copy
@@ -35,45 +36,28 @@ def test_names_and_reasons():
                                             ("local_attention_csrc", _cpu)])
 def test_op_registration_passes_opcheck(op_name, status):
     _require(status)
+    args = _op_args(op_name)  # (registers the ops)
+    torch.library.opcheck(getattr(torch.ops.cogvideo_engine, op_name).default, args)
+
+
+def _op_args(op_name: str, heads: int = 1) -> tuple:
+    """A local op's arguments for a small geometry, on the op's device."""
     import cogvideo_engine.kernels.ops  # noqa: F401  (registers the ops)
 
     g = LocalGeometry(grid=6, low_grid=2)
     device = "cuda" if op_name.endswith("triton") and torch.cuda.is_available() else "cpu"
-    args = (*make_inputs(g, batch=1, heads=1, device=device), g.grid, g.low_grid, g.window_rows, g.window_cols,
+    return (*make_inputs(g, batch=1, heads=heads, device=device), g.grid, g.low_grid, g.window_rows, g.window_cols,
             g.low_window)
-    torch.library.opcheck(getattr(torch.ops.cogvideo_engine, op_name).default, args)
-
-
-def _layouts(t: torch.Tensor) -> list[torch.Tensor]:
-    """``t`` contiguous, with its heads and queries swapped in memory (the runner's views) and with a
-    non-unit last stride: the same values, three layouts."""
-    swapped = t.transpose(1, 2).contiguous().transpose(1, 2)
-    strided = t.transpose(-1, -2).contiguous().transpose(-1, -2)
-    return [t, swapped, strided]
-
-
-def _fake_and_real_strides(op, args) -> tuple[tuple, tuple]:
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    real = op(*args)
-    with FakeTensorMode() as mode:
-        fake = op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
-    return fake.stride(), real.stride()
 
 
 @pytest.mark.parametrize("op_name,status", [("local_attention_triton", _status["triton"]),
                                             ("local_attention_csrc", _cpu)])
 def test_op_fake_returns_the_kernel_strides(op_name, status):
     _require(status)
-    import cogvideo_engine.kernels.ops  # noqa: F401  (registers the ops)
-
-    g = LocalGeometry(grid=6, low_grid=2)
-    device = "cuda" if op_name.endswith("triton") and torch.cuda.is_available() else "cpu"
-    q, k, v, k_low, v_low = make_inputs(g, batch=1, heads=2, device=device)
+    q, *rest = _op_args(op_name, heads=2)
     op = getattr(torch.ops.cogvideo_engine, op_name).default
-    for q_layout in _layouts(q):
-        fake, real = _fake_and_real_strides(op, (q_layout, k, v, k_low, v_low, g.grid, g.low_grid, g.window_rows,
-                                                 g.window_cols, g.low_window))
+    for q_layout in query_layouts(q):
+        fake, real = fake_and_real_strides(op, (q_layout, *rest))
         assert fake == real, q_layout.stride()
 
 

@@ -54,7 +54,7 @@ def error_response(status: int, message: str, *, param: str | None = None, code:
 
 
 def _invalid(error: InvalidRequest) -> JSONResponse:
-    headers = {"Retry-After": str(error.retry_after)} if hasattr(error, "retry_after") else None
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
     return error_response(error.status, str(error), param=error.param, code=error.code, headers=headers)
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..io.export import write_gif, write_image, write_mp4, write_tokens
-from ..serving.types import Checkpoint, QueueFull, SamplingParams
+from ..serving.types import AdmissionError, Checkpoint, SamplingParams
 from .params import InvalidRequest, param_named
 from .prometheus import ServiceMetrics
 from .store import FINISHED, JobRecord, JobStore, new_job_id
@@ -267,8 +267,8 @@ class JobManager:
             self._finish(job, "failed", _error(error, "resume_failed"))
             self.store.update(job.id, status="failed", completed_at=job.record.completed_at, error=job.record.error)
 
-    def _submit(self, job: Job, resume: Checkpoint | None) -> None:
-        handle = self.engine.submit(job.record.prompt, job.params, request_id=job.id, resume=resume)
+    def _submit(self, job: Job, resume: Checkpoint | None, *, checked: bool = False) -> None:
+        handle = self.engine.submit(job.record.prompt, job.params, request_id=job.id, resume=resume, checked=checked)
         job.totals, job.done = dict(handle.totals), dict(handle.resumed)
         job.record.status, job.started = "queued", False
         job.log.append("progress", self._progress_data(job))
@@ -285,25 +285,19 @@ class JobManager:
             self.engine.core.check(prompt, params)
         except (TypeError, ValueError) as error:  # AdmissionError is a ValueError
             raise InvalidRequest(str(error), param=param_named(str(error)),
-                                 code="admission" if type(error).__name__ == "AdmissionError"
-                                 else "invalid_value") from None
+                                 code="admission" if isinstance(error, AdmissionError) else "invalid_value") from None
         if sum(1 for j in self.jobs.values() if not j.finished) >= self.max_queued:
-            error = InvalidRequest(f"the queue holds {self.max_queued} unfinished jobs (the limit); retry later",
-                                   code="queue_full", status=429)
-            error.retry_after = self._retry_after()
-            raise error
+            raise InvalidRequest(f"the queue holds {self.max_queued} unfinished jobs (the limit); retry later",
+                                 code="queue_full", status=429, retry_after=self._retry_after())
         job_id = new_job_id()
         record = await asyncio.to_thread(self.store.create, job_id, prompt, _params_dict(params))
         job = Job(record, params, EventLog(self.store.boot))
         self.jobs[job_id] = job
         try:
-            self._submit(job, None)
-        except QueueFull as error:  # the core's own limit (not set by this service): as the queue above
+            self._submit(job, None, checked=True)  # checked above; the core holds no queue limit of its own here
+        except RuntimeError as error:  # the engine shut down meanwhile
             await self._forget(job)
-            raise InvalidRequest(str(error), code="queue_full", status=429) from None
-        except (TypeError, ValueError, RuntimeError) as error:
-            await self._forget(job)
-            raise InvalidRequest(str(error), param=param_named(str(error))) from None
+            raise InvalidRequest(str(error), code="unavailable", status=503) from None
         self.metrics.created.inc()
         return job
 

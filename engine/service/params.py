@@ -21,11 +21,12 @@ _TYPES = typing.get_type_hints(SamplingParams)
 
 class InvalidRequest(ValueError):
     """A request the service refuses before any compute: ``status`` (HTTP), ``param`` (the field at fault, or
-    None), ``code`` (a short machine-readable reason)."""
+    None), ``code`` (a short machine-readable reason), ``retry_after`` (seconds, for a 429)."""
 
-    def __init__(self, message: str, *, param: str | None = None, code: str = "invalid_value", status: int = 422):
+    def __init__(self, message: str, *, param: str | None = None, code: str = "invalid_value", status: int = 422,
+                 retry_after: int | None = None):
         super().__init__(message)
-        self.param, self.code, self.status = param, code, status
+        self.param, self.code, self.status, self.retry_after = param, code, status, retry_after
 
 
 def _from_form(name: str, text: str):

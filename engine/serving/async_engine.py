@@ -210,16 +210,18 @@ class AsyncEngine:
     # -- requests -------------------------------------------------------------------------------------------
 
     def submit(self, prompt: str, params: SamplingParams | None = None, request_id: str | None = None, *,
-               resume: Checkpoint | torch.Tensor | None = None, previews: bool | None = None) -> RequestHandle:
+               resume: Checkpoint | torch.Tensor | None = None, previews: bool | None = None,
+               checked: bool = False) -> RequestHandle:
         """Queue a request (any thread): checked against the engine's assets and budgets first (``TypeError`` /
-        ``ValueError`` / :class:`~.types.AdmissionError` / :class:`~.types.QueueFull`, nothing queued).
+        ``ValueError`` / :class:`~.types.AdmissionError` / :class:`~.types.QueueFull`, nothing queued) unless
+        ``checked`` (the caller ran :meth:`~.core.EngineCore.check` on it already).
         ``resume``: a :class:`~.types.Checkpoint` (or its tokens) to continue from."""
         if self._stop.is_set():
             raise RuntimeError("the engine was shut down")
         channel = EventChannel(self.max_pending_frames)
         request = self.core.submit(prompt, SamplingParams() if params is None else params, emit=channel.put,
                                    request_id=request_id, resume=resume,
-                                   previews=self.previews if previews is None else previews)
+                                   previews=self.previews if previews is None else previews, checked=checked)
         return RequestHandle(self, request.id, channel, {p: request.phase_total(p) for p in PHASES},
                              dict(request.done_tokens))
 

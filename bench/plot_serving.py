@@ -22,6 +22,20 @@ import matplotlib.pyplot as plt
 MODES = {"serial": ("tab:gray", "o"), "together": ("tab:blue", "s"), "poisson": ("tab:orange", "^")}
 
 
+def style_count_axes(axes: list[tuple], counts: list[int], xlabel: str, *, headroom: float = 1.08,
+                     legend_size: int = 8) -> None:
+    """``(axis, y label)`` pairs plotted against a count (requests, clients): log2 x with the counts as ticks, y from
+    0 with ``headroom``, grid, legend."""
+    for ax, ylabel in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(counts, [str(c) for c in counts])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, ax.get_ylim()[1] * headroom)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=legend_size)
+
+
 def plot(paths: Path | list[Path], out: Path | None = None) -> Path:
     paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     rows = [r for p in paths for r in json.loads(p.read_text()) if r.get("bench") == "serving"]
@@ -44,15 +58,8 @@ def plot(paths: Path | list[Path], out: Path | None = None) -> Path:
             for n, r in pts:
                 if not r.get("tokens_match", True):
                     ax_tp.annotate("tokens differ!", (n, r["videos_per_hour"]), color="red", fontsize=8)
-        ns_all = sorted({r["n"] for r in mine})
-        for ax, ylabel in ((ax_tp, "videos / hour"), (ax_lat, "end-to-end latency (s)")):
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(ns_all, [str(n) for n in ns_all])
-            ax.set_xlabel("requests N")
-            ax.set_ylabel(ylabel)
-            ax.set_ylim(0, ax.get_ylim()[1] * 1.08)
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=8)
+        style_count_axes([(ax_tp, "videos / hour"), (ax_lat, "end-to-end latency (s)")],
+                         sorted({r["n"] for r in mine}), "requests N")
         env = mine[0]
         ax_tp.set_title(f"{model} ({stage}): throughput")
         ax_lat.set_title(f"{model} ({stage}): latency, {env.get('torch_threads')} threads, {env.get('commit')}")

@@ -354,9 +354,8 @@ MODES = {"http": ("tab:blue", "o", "-"), "in-process": ("tab:gray", "s", "-"),
 
 
 def plot(path: Path, out: Path | None = None) -> Path:
-    import matplotlib
+    from plot_serving import style_count_axes  # (first: it selects the Agg backend)
 
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in json.loads(Path(path).read_text()) if r.get("bench") == "http-load"]
@@ -388,16 +387,9 @@ def plot(path: Path, out: Path | None = None) -> Path:
         for c, r in pts:
             if not r.get("tokens_match", True) or r.get("failed"):
                 ax_tp.annotate("tokens differ / failed!", (c, r["videos_per_hour"]), color="red", fontsize=8)
-    cs_all = sorted({r["concurrency"] for r in rows})
-    for ax, ylabel in ((ax_tp, "videos / hour"), (ax_e2e, "end-to-end latency (s)"),
-                       (ax_ttff, "time to first frame (s)")):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(cs_all, [str(c) for c in cs_all])
-        ax.set_xlabel("concurrent clients C (closed loop)")
-        ax.set_ylabel(ylabel)
-        ax.set_ylim(0, ax.get_ylim()[1] * 1.1)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+    style_count_axes([(ax_tp, "videos / hour"), (ax_e2e, "end-to-end latency (s)"),
+                      (ax_ttff, "time to first frame (s)")], sorted({r["concurrency"] for r in rows}),
+                     "concurrent clients C (closed loop)", headroom=1.1, legend_size=7)
     r0 = rows[0]
     stage = "stage 1 only" if r0["only_first_stage"] else "full video"
     ax_tp.set_title(f"{r0['model']} ({stage}): throughput")

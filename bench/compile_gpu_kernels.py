@@ -31,9 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
-SHARED_LIMIT = {90: 232448, 80: 166912}
-"""Shared memory one block may use (opt-in maximum), bytes: H100/H200 227 KB, A100 163 KB."""
-HEADS, HEAD_DIM = 48, 64
+from cogvideo_engine.kernels.launch import SHARED_MEMORY_PER_BLOCK
+from cogvideo_engine.models.config import stage1_config
+
+_RELEASED = stage1_config()
+HEADS, HEAD_DIM = _RELEASED.num_attention_heads, _RELEASED.head_dim  # 48 x 64 (the DSR model's heads are the same)
 
 
 def install_target(arch: int):
@@ -183,7 +185,7 @@ def resources(kernel, arch: int) -> dict:
             "static_shared_bytes": int(fields.get("SHARED", -1)),
             "spill_store_bytes": int(spill.group(1)) if spill else None,
             "spill_load_bytes": int(spill.group(2)) if spill else None,
-            "dynamic_shared_bytes": int(meta.shared), "shared_limit_bytes": SHARED_LIMIT[arch],
+            "dynamic_shared_bytes": int(meta.shared), "shared_limit_bytes": SHARED_MEMORY_PER_BLOCK[arch],
             "num_warps": meta.num_warps, "num_stages": meta.num_stages,
             "ptxas_registers": int(used.group(1)) if used else None,
             "wgmma": "wgmma" in kernel.asm["ptx"], "mma": "mma.sync" in kernel.asm["ptx"]}

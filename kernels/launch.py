@@ -12,6 +12,9 @@ import torch
 
 MAX_GRID_Y = 65535
 """CUDA's limit on a launch's second and third grid dimensions (the first allows 2^31 - 1)."""
+SHARED_MEMORY_PER_BLOCK = {90: 232448, 80: 166912}
+"""Shared memory one block may use (the opt-in maximum), bytes, by compute capability: H100/H200 227 KB, A100
+163 KB."""
 
 
 def attention_output(q: torch.Tensor) -> torch.Tensor:

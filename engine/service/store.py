@@ -24,10 +24,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from ..io.export import write_tokens
+from ..io.export import read_tokens, write_tokens
 
 ID_PATTERN = re.compile(r"video_[0-9a-f]{32}")
 UNFINISHED = ("queued", "in_progress")
@@ -175,9 +174,7 @@ class JobStore:
 
     def load_checkpoint(self, job_id: str) -> torch.Tensor | None:
         path = self.path(job_id, "checkpoint.npy")
-        if not path.exists():
-            return None
-        return torch.from_numpy(np.load(path, allow_pickle=False)).long()
+        return read_tokens(path) if path.exists() else None
 
     def read(self, job_id: str, name: str) -> bytes:
         return self.path(job_id, name).read_bytes()

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-SHARED_LIMIT = {"sm_80": 166912, "sm_90a": 232448}
+from cogvideo_engine.kernels.launch import SHARED_MEMORY_PER_BLOCK
+
+SHARED_LIMIT = {"sm_80": SHARED_MEMORY_PER_BLOCK[80], "sm_90a": SHARED_MEMORY_PER_BLOCK[90]}
 KNOWN_STACK = {("sm_90a", "window_attention_tc_kernelI6__half"): 8,
                ("sm_80", "local_attention_kernelI13__nv_bfloat16Li32"): 8,
                ("sm_80", "local_attention_kernelI6__halfLi32"): 8}

@@ -12,7 +12,11 @@ and static shared memory (``cuobjdump --dump-resource-usage``), spill stores / l
 the dynamic shared memory Triton asks for against the target's per-block limit, and whether the PTX uses wgmma
 (Hopper's tensor-core instructions).
 
-``--quick``: one launch per kernel (the stage-2 temporal prefill, the DSR layer), bf16 -- what the CI test runs.
+Prefill launches compile the tiled kernel; decode launches (1 or 2 queries per sequence) the split-KV kernel and its
+combine kernel, one row each.
+
+``--quick``: the stage-2 temporal channel (odd layers) in prefill and in a 2-query decode step, and the DSR layer,
+bf16 -- what the CI test runs.
 Rows go to ``--out`` (JSON) and a table to stdout. Needs Triton's NVIDIA backend (the triton wheel ships ptxas and
 cuobjdump); must run without ``TRITON_INTERPRET=1``.
 """
@@ -72,26 +76,30 @@ def install_target(arch: int):
 
 
 @contextlib.contextmanager
-def capture_launches(module, name: str, check_names: tuple[str, ...] = ("check_launch",)):
-    """Replace ``module.<name>[grid](...)`` by ``warmup`` (compile, no launch); yields the compiled kernels."""
-    real = getattr(module, name)
+def capture_launches(module, names: tuple[str, ...], check_names: tuple[str, ...] = ("check_launch",)):
+    """Replace ``module.<name>[grid](...)`` of each kernel name by ``warmup`` (compile, no launch); yields the
+    (name, compiled kernel) pairs in launch order."""
+    real = {n: getattr(module, n) for n in names}
     compiled: list = []
 
     class Warm:
+        def __init__(self, name):
+            self.name = name
+
         def __getitem__(self, grid):
             def run(*args, **kwargs):
-                compiled.append(real.warmup(*args, grid=grid, **kwargs))
+                compiled.append((self.name, real[self.name].warmup(*args, grid=grid, **kwargs)))
             return run
 
     saved = {n: getattr(module, n) for n in check_names}
-    setattr(module, name, Warm())
+    for n in names:
+        setattr(module, n, Warm(n))
     for n in check_names:
         setattr(module, n, lambda *a, **k: None)  # the launch check wants a CUDA tensor
     try:
         yield compiled
     finally:
-        setattr(module, name, real)
-        for n, f in saved.items():
+        for n, f in {**real, **saved}.items():
             setattr(module, n, f)
 
 
@@ -113,7 +121,7 @@ def window_launches(modes, dtypes, quick: bool):
                 for parity in ([1] if quick else [0, 1]):
                     rule = AttentionRule(pass_, channel, parity, geo, capacity)
                     lay = StreamLayout(pass_, 20, pass_.max_targets, geo)
-                    for mode in (["prefill"] if quick else modes):
+                    for mode in (["prefill", "decode2"] if quick else modes):
                         n = lay.context_len if mode == "prefill" else int(mode[-1])
                         if n == 0:
                             continue
@@ -211,27 +219,30 @@ def main(argv=None) -> int:
     rows = []
     for arch in map(int, args.targets.split(",")):
         install_target(arch)
-        for kernel in (ta._window_attention_kernel, tla._local_attention_kernel):
+        window_kernels = ("_window_attention_kernel", "_window_decode_kernel", "_decode_combine_kernel")
+        for kernel in [getattr(ta, n) for n in window_kernels] + [tla._local_attention_kernel]:
             kernel.device_caches.clear()  # compiled per (device, specialization): device 0 was the last target
         launches = []
         if "window" in args.kernels:
-            launches += [(ta, "_window_attention_kernel", label, run)
-                         for label, run in window_launches(modes, dtypes, args.quick)]
+            launches += [(ta, window_kernels, label, run) for label, run in window_launches(modes, dtypes, args.quick)]
         if "local" in args.kernels:
-            launches += [(tla, "_local_attention_kernel", label, run) for label, run in local_launches(dtypes,
-                                                                                                     args.quick)]
-        for module, name, label, run in launches:
+            launches += [(tla, ("_local_attention_kernel",), label, run)
+                         for label, run in local_launches(dtypes, args.quick)]
+        for module, names, label, run in launches:
             t0 = time.perf_counter()
-            row = {"kernel": label, "target": f"sm_{arch}"}
             try:
-                with capture_launches(module, name) as compiled:
+                with capture_launches(module, names) as compiled:
                     run()
-                row.update(resources(compiled[-1], arch), compiled=True)
+                found = [({"kernel": label + _SUFFIX.get(name, ""), "target": f"sm_{arch}"},
+                          resources(kernel, arch)) for name, kernel in compiled]
+                launch_rows = [{**row, **found_row, "compiled": True} for row, found_row in found]
             except Exception as error:  # noqa: BLE001  (a kernel that does not compile is a row saying so)
-                row.update(compiled=False, error=f"{type(error).__name__}: {str(error)[:400]}")
-            row["compile_s"] = round(time.perf_counter() - t0, 2)
-            rows.append(row)
-            print(_line(row), flush=True)
+                launch_rows = [{"kernel": label, "target": f"sm_{arch}", "compiled": False,
+                                "error": f"{type(error).__name__}: {str(error)[:400]}"}]
+            for row in launch_rows:
+                row["compile_s"] = round((time.perf_counter() - t0) / len(launch_rows), 2)
+                rows.append(row)
+                print(_line(row), flush=True)
     meta = {"date": datetime.date.today().isoformat(), "triton": triton.__version__, "commit": _commit(),
             "device": "none (compile only)"}
     if args.out:
@@ -239,11 +250,15 @@ def main(argv=None) -> int:
     return 0 if all(r["compiled"] for r in rows) else 1
 
 
+_SUFFIX = {"_decode_combine_kernel": " combine"}
+"""Label suffix of a launch's secondary kernel (a decode launch's combine step)."""
+
+
 def _line(r: dict) -> str:
     if not r["compiled"]:
-        return f"{r['target']}  {r['kernel']:<48} FAILED {r['error']}"
+        return f"{r['target']}  {r['kernel']:<56} FAILED {r['error']}"
     smem = f"{r['dynamic_shared_bytes'] / 1024:6.1f}/{r['shared_limit_bytes'] / 1024:.0f} KB"
-    return (f"{r['target']}  {r['kernel']:<48} regs {r['registers']:3d}  spill st/ld {r['spill_store_bytes']}/"
+    return (f"{r['target']}  {r['kernel']:<56} regs {r['registers']:3d}  spill st/ld {r['spill_store_bytes']}/"
             f"{r['spill_load_bytes']}  smem {smem}  warps {r['num_warps']}  wgmma {r['wgmma']}  ({r['compile_s']} s)")
 
 

@@ -98,7 +98,7 @@ if triton is not None:
 
     @triton.jit
     def _window_attention_kernel(
-            Q, K, V, O, QIDX, TEXT_LEN, TEXT_BIAS,
+            Q, K, V, O, QIDX, TEXT_LEN, TEXT_BIAS, COUNTS,
             stride_qb, stride_qh, stride_qm, stride_qd,
             stride_kb, stride_kh, stride_kn, stride_kd,
             stride_vb, stride_vh, stride_vn, stride_vd,
@@ -108,7 +108,7 @@ if triton is not None:
             TEMPORAL: tl.constexpr, WINDOWED: tl.constexpr, BIDIR_GIVEN: tl.constexpr,
             GRID: tl.constexpr, WINDOW: tl.constexpr, SHIFT: tl.constexpr, NUM_SLOTS: tl.constexpr,
             FRAME_LEN: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-            IEEE: tl.constexpr, UPCAST: tl.constexpr):
+            IEEE: tl.constexpr, UPCAST: tl.constexpr, COUNT: tl.constexpr):
         pid_bh = tl.program_id(0)
         pid_m = tl.program_id(1)
         b = pid_bh // num_heads
@@ -138,6 +138,8 @@ if triton is not None:
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
         k_base = K + b * stride_kb + h * stride_kh
         v_base = V + b * stride_vb + h * stride_vh
+        walked = tl.full([], 0, dtype=tl.int64)
+        lanes = tl.full([], 0, dtype=tl.int64)
 
         # text keys: every valid row sees them in the spatial channel, frame rows in the temporal channel;
         # the bias goes on every row (spatial) or on target rows only (temporal)
@@ -155,6 +157,9 @@ if triton is not None:
             v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
             acc, m_i, l_i = _online_softmax_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, key_ok, visible,
                                                  row_bias[:, None], sm_scale, IEEE, UPCAST)
+            if COUNT:
+                walked = walked + tl.sum(key_ok.to(tl.int64), 0)
+                lanes = lanes + BLOCK_N
 
         # frame keys, slot by slot; a tile is loaded only if some query of the block sees it
         for slot in tl.static_range(NUM_SLOTS):
@@ -172,7 +177,15 @@ if triton is not None:
                     v_ptrs = v_base + rows[:, None] * stride_vn + offs_d[None, :] * stride_vd
                     acc, m_i, l_i = _online_softmax_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, key_ok, visible,
                                                          0.0, sm_scale, IEEE, UPCAST)
+                    if COUNT:
+                        walked = walked + tl.sum(key_ok.to(tl.int64), 0)
+                        lanes = lanes + BLOCK_N
 
+        if COUNT:  # K rows loaded, key lanes walked, programs, programs that walked a tile
+            tl.atomic_add(COUNTS, walked)
+            tl.atomic_add(COUNTS + 1, lanes)
+            tl.atomic_add(COUNTS + 2, 1)
+            tl.atomic_add(COUNTS + 3, (lanes > 0).to(tl.int64))
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
         out = acc / l_safe[:, None]
         if UPCAST:
@@ -181,17 +194,213 @@ if triton is not None:
         tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=in_range[:, None])
 
 
+    @triton.jit
+    def _decode_cell(n, x_lo, y_lo, ny, GRID: tl.constexpr, WINDOWED: tl.constexpr):
+        """Block position of candidate ``n`` of a slot (:func:`_decode_candidates`): a cell of the query's window
+        (rows wrap around for cyclic windows), or ``n`` itself where the candidates are a causal prefix."""
+        if WINDOWED:
+            return ((x_lo + n // ny) % GRID) * GRID + (y_lo + n % ny) % GRID
+        return n
+
+    @triton.jit
+    def _decode_candidates(q_kind, q_slot, q_p, slot, num_given,
+                           TEMPORAL: tl.constexpr, WINDOWED: tl.constexpr, BIDIR_GIVEN: tl.constexpr,
+                           GRID: tl.constexpr, WINDOW: tl.constexpr, SHIFT: tl.constexpr, FRAME_LEN: tl.constexpr):
+        """How many frame keys of ``slot`` one query may see, and how to enumerate them (:func:`_decode_cell`):
+        its window -- ``nx x ny`` cells from ``(x_lo, y_lo)`` -- in the stage-2 temporal channel, else a prefix
+        of the slot in raster order. Bounds from the rule per slot, so no tile outside them is walked; the exact
+        per-key test stays :func:`_visible_frame_keys`. Returns (count, x_lo, y_lo, ny)."""
+        q_frame = q_kind > 0
+        if WINDOWED:  # the query's window under its own rule: cyclic (given rows) or clamped (target rows)
+            is_given = q_kind == _KIND_GIVEN
+            qx, qy = q_p // GRID, q_p % GRID
+            cyclic_x = (((qx - SHIFT + GRID) % GRID) // WINDOW) * WINDOW + SHIFT
+            cyclic_y = (((qy - SHIFT + GRID) % GRID) // WINDOW) * WINDOW + SHIFT
+            clamped_x = ((qx + SHIFT) // WINDOW) * WINDOW - SHIFT
+            clamped_y = ((qy + SHIFT) // WINDOW) * WINDOW - SHIFT
+            x_lo = tl.where(is_given, cyclic_x, tl.maximum(clamped_x, 0))
+            y_lo = tl.where(is_given, cyclic_y, tl.maximum(clamped_y, 0))
+            nx = tl.where(is_given, WINDOW, tl.minimum(clamped_x + WINDOW, GRID) - x_lo)
+            ny = tl.where(is_given, WINDOW, tl.minimum(clamped_y + WINDOW, GRID) - y_lo)
+            allowed = q_frame & tl.where(is_given, slot < num_given, slot <= q_slot)
+            count = tl.where(allowed, nx * ny, 0)
+        else:
+            x_lo = q_p * 0
+            y_lo = q_p * 0
+            ny = q_p * 0 + FRAME_LEN
+            prefix = q_p + 1
+            if not TEMPORAL:  # the own frame (the caller passes slot = q_slot): causal, or whole for given rows
+                if BIDIR_GIVEN:
+                    prefix = tl.where(q_kind == _KIND_GIVEN, FRAME_LEN, prefix)
+                count = tl.where(q_frame, prefix, 0)
+            else:  # stage 1: earlier slots whole, the own slot up to the query
+                count = tl.where(q_frame & (slot < q_slot), FRAME_LEN, tl.where(q_frame & (slot == q_slot), prefix, 0))
+        return count, x_lo, y_lo, ny
+
+    @triton.jit
+    def _window_decode_kernel(
+            Q, K, V, QIDX, TEXT_LEN, TEXT_BIAS, PART_ACC, PART_M, PART_L, COUNTS,
+            stride_qb, stride_qh, stride_qm, stride_qd,
+            stride_kb, stride_kh, stride_kn, stride_kd,
+            stride_vb, stride_vh, stride_vn, stride_vd,
+            stride_ib, stride_im,
+            num_heads, num_queries, text_capacity, num_given, sm_scale,
+            TEMPORAL: tl.constexpr, WINDOWED: tl.constexpr, BIDIR_GIVEN: tl.constexpr,
+            GRID: tl.constexpr, WINDOW: tl.constexpr, SHIFT: tl.constexpr, FRAME_LEN: tl.constexpr,
+            HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_KEYS: tl.constexpr, TEXT_SPLITS: tl.constexpr,
+            FRAME_SPLITS: tl.constexpr, COUNT: tl.constexpr):
+        """Split-KV decode: one query of one (sequence, head) and one split of its keys -- ``SPLIT_KEYS`` text
+        rows, or ``SPLIT_KEYS`` candidates of one slot (the own slot in the spatial channel) --, ``BLOCK_N`` keys
+        at a time, loading only visible rows. Writes the split's unnormalised fp32 softmax state (acc, m, l) for
+        :func:`_decode_combine_kernel`. A matrix-vector product per tile (nothing for tensor cores): scores and
+        ``p @ v`` are fp32 multiply-adds on the inputs, fp32 accuracy in every dtype."""
+        pid_bh = tl.program_id(0)
+        pid_q = tl.program_id(1)
+        split = tl.program_id(2)
+        b = pid_bh // num_heads
+        h = pid_bh % num_heads
+        offs_d = tl.arange(0, HEAD_DIM)
+
+        q_idx = tl.load(QIDX + b * stride_ib + pid_q * stride_im)
+        text_len = tl.load(TEXT_LEN + b)
+        valid = q_idx >= 0
+        q_frame = q_idx >= text_len
+        rel = tl.where(q_frame, q_idx - text_len, 0)
+        q_slot = rel // FRAME_LEN
+        q_p = rel % FRAME_LEN
+        q_kind = tl.where(q_frame, tl.where(q_slot < num_given, _KIND_GIVEN, _KIND_TARGET), 0)
+        q_kind = tl.where(valid, q_kind, -1)
+
+        is_text = split < TEXT_SPLITS
+        if TEMPORAL:
+            sees_text = q_kind > 0
+            text_bias = tl.where(q_kind == _KIND_TARGET, tl.load(TEXT_BIAS + b), 0.0)
+        else:
+            sees_text = valid
+            text_bias = tl.load(TEXT_BIAS + b)
+        frame_split = tl.maximum(split - TEXT_SPLITS, 0)
+        if TEMPORAL:
+            slot = frame_split // FRAME_SPLITS
+        else:
+            slot = q_slot
+        count, x_lo, y_lo, ny = _decode_candidates(q_kind, q_slot, q_p, slot, num_given, TEMPORAL, WINDOWED,
+                                                   BIDIR_GIVEN, GRID, WINDOW, SHIFT, FRAME_LEN)
+        text_lo = split * SPLIT_KEYS
+        frame_lo = (frame_split % FRAME_SPLITS) * SPLIT_KEYS
+        lo = tl.where(is_text, text_lo, frame_lo)
+        hi = tl.where(is_text, tl.where(sees_text, tl.minimum(text_lo + SPLIT_KEYS, text_len), text_lo),
+                      tl.minimum(frame_lo + SPLIT_KEYS, count))
+        bias = tl.where(is_text, text_bias, 0.0)
+        slot_row = text_capacity + slot * FRAME_LEN
+
+        q = tl.load(Q + b * stride_qb + h * stride_qh + pid_q * stride_qm + offs_d * stride_qd).to(tl.float32)
+        k_base = K + b * stride_kb + h * stride_kh
+        v_base = V + b * stride_vb + h * stride_vh
+        m_i = tl.full([], float("-inf"), dtype=tl.float32)
+        l_i = tl.full([], 0.0, dtype=tl.float32)
+        acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+        walked = tl.full([], 0, dtype=tl.int64)
+        lanes = tl.full([], 0, dtype=tl.int64)
+        for start in range(lo, hi, BLOCK_N):
+            n = start + tl.arange(0, BLOCK_N)
+            k_p = _decode_cell(n, x_lo, y_lo, ny, GRID, WINDOWED)
+            # the query's integers as [BLOCK_N] vectors: the interpreter splats a boolean scalar into int32 data,
+            # which its masked load refuses, so no boolean scalar meets a vector here
+            zero = n * 0
+            frame_visible = _visible_frame_keys(q_kind + zero, q_slot + zero, q_p + zero, slot + zero, k_p, num_given,
+                                                TEMPORAL, WINDOWED, BIDIR_GIVEN, GRID, WINDOW, SHIFT)
+            text_rows = (split + zero) < TEXT_SPLITS
+            visible = (n < hi) & (text_rows | frame_visible)
+            rows = tl.where(text_rows, n, slot_row + k_p)
+            k = tl.load(k_base + rows[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=visible[:, None],
+                        other=0.0)
+            s = tl.sum(q[None, :] * k.to(tl.float32), 1) * sm_scale + bias
+            s = tl.where(visible, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 0))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp(s - m_safe)
+            alpha = tl.exp(m_i - m_safe)
+            v = tl.load(v_base + rows[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=visible[:, None],
+                        other=0.0)
+            l_i = l_i * alpha + tl.sum(p, 0)
+            acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), 0)
+            m_i = m_new
+            if COUNT:
+                walked = walked + tl.sum(visible.to(tl.int64), 0)
+                lanes = lanes + BLOCK_N
+        if COUNT:  # K rows loaded, key lanes walked, programs, programs that walked a tile
+            tl.atomic_add(COUNTS, walked)
+            tl.atomic_add(COUNTS + 1, lanes)
+            tl.atomic_add(COUNTS + 2, 1)
+            tl.atomic_add(COUNTS + 3, (lanes > 0).to(tl.int64))
+        part = (pid_bh * num_queries + pid_q) * tl.num_programs(2) + split
+        tl.store(PART_ACC + part * HEAD_DIM + offs_d, acc)
+        tl.store(PART_M + part, m_i)
+        tl.store(PART_L + part, l_i)
+
+    @triton.jit
+    def _decode_combine_kernel(PART_ACC, PART_M, PART_L, O, stride_ob, stride_oh, stride_om, stride_od,
+                               num_heads, num_queries, num_splits,
+                               HEAD_DIM: tl.constexpr, SPLITS_POW2: tl.constexpr, UPCAST: tl.constexpr):
+        """One query of one (sequence, head): the splits' softmax states merged, normalised, cast and stored; a
+        query that saw nothing writes zeros."""
+        pid_bh = tl.program_id(0)
+        pid_q = tl.program_id(1)
+        b = pid_bh // num_heads
+        h = pid_bh % num_heads
+        offs_d = tl.arange(0, HEAD_DIM)
+        offs_s = tl.arange(0, SPLITS_POW2)
+        present = offs_s < num_splits
+        part = (pid_bh * num_queries + pid_q) * num_splits + offs_s
+        m = tl.load(PART_M + part, mask=present, other=float("-inf"))
+        l = tl.load(PART_L + part, mask=present, other=0.0)
+        acc = tl.load(PART_ACC + part[:, None] * HEAD_DIM + offs_d[None, :], mask=present[:, None], other=0.0)
+        m_max = tl.max(m, 0)
+        weight = tl.exp(m - tl.where(m_max == float("-inf"), 0.0, m_max))  # 0 for splits that saw nothing
+        total = tl.sum(weight * l, 0)
+        out = tl.sum(weight[:, None] * acc, 0) / tl.where(total == 0.0, 1.0, total)
+        if UPCAST:
+            out = round_to_bf16(out)  # then the (truncating) interpreter cast below is exact
+        o_ptrs = O + b * stride_ob + h * stride_oh + pid_q * stride_om + offs_d * stride_od
+        tl.store(o_ptrs, out.to(O.dtype.element_ty))
+
+DECODE_MAX_QUERIES = 16
+"""Queries per sequence up to which a launch takes the split-KV decode path by default (a decode step feeds one
+or two positions per stream; the prefill path's ``BLOCK_M``-query tiles would sit mostly empty)."""
+DECODE_SPLIT_KEYS = 128
+"""Keys per split of the decode path: a text split holds up to this many text rows, a frame split this many
+candidate cells of one slot (a stage-1 slot of 400 cells: 4 splits; a stage-2 window of at most 100: 1)."""
+PATHS = ("prefill", "decode")
+
+
+def decode_splits(rule: AttentionRule) -> tuple[int, int]:
+    """(text splits, frame splits per walked slot) of the decode path's grid under ``rule``; the grid is
+    ``(B * H, Q, text + slots walked * frame)``, the slots walked being the own one (spatial channel) or every
+    cache slot (temporal channel)."""
+    g = rule.geometry
+    candidates = g.window * g.window if rule.windowed else g.frame_len
+    return triton.cdiv(rule.text_capacity, DECODE_SPLIT_KEYS), triton.cdiv(candidates, DECODE_SPLIT_KEYS)
+
+
 def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_index: torch.Tensor,
                             text_len: torch.Tensor, text_bias: torch.Tensor, rule: AttentionRule, *,
-                            block_m: int | None = None, block_n: int | None = None,
-                            num_warps: int | None = None) -> torch.Tensor:
-    """Same contract as :func:`cogvideo_engine.kernels.reference.window_attention`, fused in one kernel.
+                            path: str | None = None, block_m: int | None = None, block_n: int | None = None,
+                            num_warps: int | None = None, counts: torch.Tensor | None = None) -> torch.Tensor:
+    """Same contract as :func:`cogvideo_engine.kernels.reference.window_attention`, fused.
 
     Inputs are checked by :func:`.reference.check_window_inputs`, then against this kernel's limits: head dim
     16, 32, 64 or 128; fp16, bf16 or fp32; CUDA tensors (CPU ones under ``TRITON_INTERPRET=1``).
 
-    Tiles: ``block_m`` queries x ``block_n`` keys; by default 16 x 32 for decode (a few queries per
-    sequence) and 64 x 64 for prefill.
+    ``path``: ``"prefill"`` -- one program per ``block_m`` queries x (sequence, head) walking every key tile some
+    query of the block sees, ``block_m x block_n`` tiles (64 x 64 by default) on tensor cores -- or ``"decode"``
+    -- split-KV: one program per (query, sequence, head, split of its keys; :func:`decode_splits`), the keys of
+    a split enumerated from the rule (a stage-2 query's window cells, a causal prefix) ``block_n`` (32) at a
+    time, only visible rows loaded, then one combine program per query. Default: decode up to
+    :data:`DECODE_MAX_QUERIES` queries per sequence (unless ``block_m`` is given), else prefill.
+
+    ``counts``: an int64 tensor of 4 on q's device, for benchmarks: the launch adds (K rows loaded, key lanes
+    walked, programs launched, programs that walked a tile) -- rows loaded count every row a tile's K load
+    touches (V reads the same rows).
     """
     check_launch(q)
     rule.require_released_rules("triton")
@@ -201,30 +410,69 @@ def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
         raise ValueError(f"head dim {d} is not supported by the triton backend (16, 32, 64 or 128)")
     if q.dtype not in KERNEL_DTYPES:
         raise ValueError(f"the triton backend takes fp16, bf16 or fp32 inputs, got {q.dtype}")
+    if path is None:
+        path = "decode" if n_q <= DECODE_MAX_QUERIES and block_m is None else "prefill"
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {', '.join(map(repr, PATHS))}, got {path!r}")
+    if path == "decode" and block_m is not None:
+        raise ValueError("block_m sets the prefill path's query tile; the decode path takes one query per program")
+    if counts is not None and (counts.dtype != torch.int64 or counts.shape != (4,) or counts.device != q.device):
+        raise ValueError(f"counts must be an int64 tensor of 4 on {q.device}")
     out = attention_output(q)
     if n_q == 0:
         return out
-    if block_m is None:
-        block_m = 16 if n_q <= 16 else 64
-    if block_n is None:
-        block_n = 32 if n_q <= 16 else 64
-    if num_warps is None:  # 8 for the prefill tiles: 4 warps held the 64 x 64 fp32 accumulator and spilled
-        num_warps = 8 if block_m >= 64 else 4
     q_index = q_index.to(torch.int32)
     text_len = text_len.to(device=q.device, dtype=torch.int32)
     text_bias = text_bias.to(device=q.device, dtype=torch.float32)
+    count = counts is not None
+    counts = counts if count else text_len  # a pointer the kernel never touches without COUNT
+    launch = _decode if path == "decode" else _prefill
+    with device_guard(q), resource_limits("triton window-attention kernel"):
+        launch(q, k, v, out, q_index, text_len, text_bias, rule, block_m, block_n, num_warps, counts, count)
+    return out
+
+
+def _prefill(q, k, v, out, q_index, text_len, text_bias, rule, block_m, block_n, num_warps, counts, count):
+    b, h, n_q, d = q.shape
+    block_m = block_m or 64
+    block_n = block_n or 64
+    if num_warps is None:  # 8 for the prefill tiles: 4 warps held the 64 x 64 fp32 accumulator and spilled
+        num_warps = 8 if block_m >= 64 else 4
     grid = (b * h, triton.cdiv(n_q, block_m))  # sequences x heads on the first axis: no 65535 limit there
     if grid[1] > MAX_GRID_Y:
         raise ValueError(f"{n_q} queries per sequence need {grid[1]} tiles of {block_m}, over CUDA's {MAX_GRID_Y} "
                          "second grid dimension")
     g = rule.geometry
-    with device_guard(q), resource_limits("triton window-attention kernel"):
-        _window_attention_kernel[grid](
-            q, k, v, out, q_index, text_len, text_bias,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *q_index.stride(),
-            h, n_q, rule.text_capacity, rule.pass_.num_given, 1.0 / math.sqrt(d),
-            TEMPORAL=rule.temporal, WINDOWED=rule.windowed, BIDIR_GIVEN=rule.bidirectional_given,
-            GRID=g.grid, WINDOW=g.window, SHIFT=rule.shift, NUM_SLOTS=rule.cache_slots, FRAME_LEN=g.frame_len,
-            HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, IEEE=q.dtype == torch.float32, UPCAST=upcast_bf16(q.dtype),
-            num_warps=num_warps)
-    return out
+    _window_attention_kernel[grid](
+        q, k, v, out, q_index, text_len, text_bias, counts,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *q_index.stride(),
+        h, n_q, rule.text_capacity, rule.pass_.num_given, 1.0 / math.sqrt(d),
+        TEMPORAL=rule.temporal, WINDOWED=rule.windowed, BIDIR_GIVEN=rule.bidirectional_given,
+        GRID=g.grid, WINDOW=g.window, SHIFT=rule.shift, NUM_SLOTS=rule.cache_slots, FRAME_LEN=g.frame_len,
+        HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, IEEE=q.dtype == torch.float32, UPCAST=upcast_bf16(q.dtype),
+        COUNT=count, num_warps=num_warps)
+
+
+def _decode(q, k, v, out, q_index, text_len, text_bias, rule, block_m, block_n, num_warps, counts, count):
+    b, h, n_q, d = q.shape
+    text_splits, frame_splits = decode_splits(rule)
+    splits = text_splits + frame_splits * (rule.cache_slots if rule.temporal else 1)
+    if n_q > MAX_GRID_Y:
+        raise ValueError(f"{n_q} queries per sequence exceed CUDA's {MAX_GRID_Y} second grid dimension on the "
+                         "decode path; use path='prefill'")
+    partial = b * h * n_q * splits
+    part_acc = torch.empty(partial, d, device=q.device, dtype=torch.float32)
+    part_m = torch.empty(partial, device=q.device, dtype=torch.float32)
+    part_l = torch.empty(partial, device=q.device, dtype=torch.float32)
+    g = rule.geometry
+    _window_decode_kernel[(b * h, n_q, splits)](
+        q, k, v, q_index, text_len, text_bias, part_acc, part_m, part_l, counts,
+        *q.stride(), *k.stride(), *v.stride(), *q_index.stride(),
+        h, n_q, rule.text_capacity, rule.pass_.num_given, 1.0 / math.sqrt(d),
+        TEMPORAL=rule.temporal, WINDOWED=rule.windowed, BIDIR_GIVEN=rule.bidirectional_given,
+        GRID=g.grid, WINDOW=g.window, SHIFT=rule.shift, FRAME_LEN=g.frame_len, HEAD_DIM=d,
+        BLOCK_N=block_n or 32, SPLIT_KEYS=DECODE_SPLIT_KEYS, TEXT_SPLITS=text_splits, FRAME_SPLITS=frame_splits,
+        COUNT=count, num_warps=num_warps or 4)
+    _decode_combine_kernel[(b * h, n_q)](
+        part_acc, part_m, part_l, out, *out.stride(), h, n_q, splits,
+        HEAD_DIM=d, SPLITS_POW2=triton.next_power_of_2(splits), UPCAST=upcast_bf16(q.dtype), num_warps=1)

@@ -5,11 +5,14 @@ both products in fp32 on the bf16 operands, ``p`` and the output rounded to the 
 are those of the tensor-core path the gpu-marked tests run.
 """
 
+import functools
+
 import pytest
 import torch
 
 from cogvideo_engine.kernels import triton_common
 from cogvideo_engine.kernels.layout import AttentionRule
+from cogvideo_engine.kernels.reference import rule_additive
 from cogvideo_engine.kernels.rules import FrameGeometry, Pass, StreamLayout
 
 from helpers.kernel_cases import (RULE_CASES, RULE_IDS, all_positions, assert_matches_reference, check, decode_queries,
@@ -22,6 +25,7 @@ if triton_attention.triton is None:
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 kernel = triton_attention.window_attention_triton
+decode = functools.partial(kernel, path="decode")
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -32,6 +36,59 @@ def test_every_position_of_every_rule(pass_, channel, parity, dtype):
     with different text lengths and text biases sharing a batch."""
     rule = AttentionRule(pass_, channel, parity, SMALL_GEOMETRY, text_capacity=6)
     check(kernel, rule, all_positions(rule, [6, 3]), [6, 3], [1.4, 0.0], device=DEVICE, dtype=dtype)
+
+
+@pytest.mark.parametrize("pass_,channel,parity", RULE_CASES, ids=RULE_IDS)
+def test_decode_path_at_every_position_of_every_rule(pass_, channel, parity):
+    """The split-KV decode path at every position (text, given and target rows, every window edge), forced: one
+    program per query, so a short sequence keeps the interpreter's time down (fp32: the path computes in fp32
+    whatever the dtype; bf16 and other text lengths below)."""
+    rule = AttentionRule(pass_, channel, parity, SMALL_GEOMETRY, text_capacity=5)
+    check(decode, rule, all_positions(rule, [3]), [3], [1.4], device=DEVICE, heads=1)
+
+
+@pytest.mark.parametrize("pass_,channel,parity", RULE_CASES, ids=RULE_IDS)
+def test_decode_path_loads_only_visible_rows(pass_, channel, parity):
+    """Real geometry, decode queries of the wavefront kind: the K rows the decode path loads are exactly the visible
+    (query, key) pairs (the prefill path, for contrast, loads whole tiles some query of the block sees)."""
+    rule = AttentionRule(pass_, channel, parity, FrameGeometry(), text_capacity=9)
+    q_index, text_len = decode_queries(rule, [9, 5]), [9, 5]
+    counts = torch.zeros(4, dtype=torch.int64, device=DEVICE)
+    check(functools.partial(decode, counts=counts), rule, q_index, text_len, [1.4, 0.0], device=DEVICE, heads=1)
+    visible = sum(int(torch.isfinite(rule_additive(rule, q_index[b], t, 0.0, rule.cache_len)).sum())
+                  for b, t in enumerate(text_len))
+    loaded, lanes, programs, working = counts.tolist()
+    assert loaded == visible and lanes >= loaded and working <= programs
+    text_splits, frame_splits = triton_attention.decode_splits(rule)
+    assert programs == q_index.numel() * (text_splits + frame_splits * (rule.cache_slots if rule.temporal else 1))
+    prefill = torch.zeros(4, dtype=torch.int64, device=DEVICE)
+    check(functools.partial(kernel, path="prefill", counts=prefill), rule, q_index, text_len, [1.4, 0.0],
+          device=DEVICE, heads=1)
+    assert prefill[0] >= visible / q_index.shape[1]  # a row loaded once serves every query of the block
+
+
+@pytest.mark.parametrize("d", [16, 32, 64, 128])
+def test_decode_path_head_dims_bf16(d):
+    rule = AttentionRule(Pass.STAGE2, "temporal", 1, SMALL_GEOMETRY, text_capacity=5)
+    check(decode, rule, decode_queries(rule, [5, 2]), [5, 2], [1.4, 0.0], device=DEVICE, d=d, dtype=torch.bfloat16)
+
+
+def test_path_choice_and_its_errors():
+    rule = AttentionRule(Pass.STAGE2, "temporal", 1, SMALL_GEOMETRY, text_capacity=5)
+    q_index = decode_queries(rule, [5, 2])
+    k, v = make_cache(rule, [5, 2], 2, 1, 16, torch.float32, DEVICE)
+    q = torch.randn(2, 1, 2, 16, device=DEVICE)
+    args = (q, k, v, q_index.to(DEVICE), torch.tensor([5, 2], device=DEVICE), torch.tensor([1.4, 0.0], device=DEVICE))
+    by_default, on_decode = torch.zeros(4, dtype=torch.int64), torch.zeros(4, dtype=torch.int64)
+    kernel(*args, rule, counts=by_default)
+    kernel(*args, rule, path="decode", counts=on_decode)
+    assert torch.equal(by_default, on_decode)  # up to DECODE_MAX_QUERIES queries per sequence: the decode path
+    with pytest.raises(ValueError, match="path must be one of 'prefill', 'decode'"):
+        kernel(*args, rule, path="split")
+    with pytest.raises(ValueError, match="block_m sets the prefill path's query tile"):
+        kernel(*args, rule, path="decode", block_m=16)
+    with pytest.raises(ValueError, match="counts must be an int64 tensor of 4"):
+        kernel(*args, rule, counts=torch.zeros(3, dtype=torch.int64))
 
 
 @pytest.mark.parametrize("fill", ["ones", "arange"])

@@ -6,8 +6,10 @@ every slot's key tiles, and evaluates the rule of :mod:`.rules` in registers fro
 channel, layer parity). Tiles no query of the block can see are skipped before K/V are loaded. Scores are
 accumulated in fp32; a row that sees nothing writes zeros.
 
-The same code serves prefill (many queries per sequence) and decode (one or a few queries per sequence, in
-any slots: the wavefront); K/V are read in place from the cache layout of :mod:`.layout`.
+That is the prefill path (many queries per sequence). Decode steps (one or a few queries per sequence, in any
+slots: the wavefront) take the split-KV path: one program per (query, sequence, head, split of its keys), the keys
+enumerated from the rule per slot and only visible rows loaded, then a combine kernel (docs/kernels.md). K/V are
+read in place from the cache layout of :mod:`.layout`.
 
 Inputs go through :func:`.reference.check_window_inputs` (the checks every backend shares) and then this
 backend's own limits (head dims 16/32/64/128; fp16, bf16 or fp32). The online-softmax step, the Triton import

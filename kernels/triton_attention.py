@@ -79,6 +79,15 @@ if triton is not None:
         return visible
 
     @triton.jit
+    def _add_counts(COUNTS, walked, lanes):
+        """One program's load counts (``counts=`` of :func:`window_attention_triton`): K rows loaded, key lanes
+        walked, one program, one program that walked a tile (if it did)."""
+        tl.atomic_add(COUNTS, walked)
+        tl.atomic_add(COUNTS + 1, lanes)
+        tl.atomic_add(COUNTS + 2, 1)
+        tl.atomic_add(COUNTS + 3, (lanes > 0).to(tl.int64))
+
+    @triton.jit
     def _online_softmax_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, kv_mask, visible, bias, sm_scale,
                              IEEE: tl.constexpr, UPCAST: tl.constexpr):
         """One key tile: scores ``q . k`` in fp32, scaled, biased, masked, folded into the online softmax.
@@ -183,11 +192,8 @@ if triton is not None:
                         walked = walked + tl.sum(key_ok.to(tl.int64), 0)
                         lanes = lanes + BLOCK_N
 
-        if COUNT:  # K rows loaded, key lanes walked, programs, programs that walked a tile
-            tl.atomic_add(COUNTS, walked)
-            tl.atomic_add(COUNTS + 1, lanes)
-            tl.atomic_add(COUNTS + 2, 1)
-            tl.atomic_add(COUNTS + 3, (lanes > 0).to(tl.int64))
+        if COUNT:
+            _add_counts(COUNTS, walked, lanes)
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
         out = acc / l_safe[:, None]
         if UPCAST:
@@ -330,11 +336,8 @@ if triton is not None:
             if COUNT:
                 walked = walked + tl.sum(visible.to(tl.int64), 0)
                 lanes = lanes + BLOCK_N
-        if COUNT:  # K rows loaded, key lanes walked, programs, programs that walked a tile
-            tl.atomic_add(COUNTS, walked)
-            tl.atomic_add(COUNTS + 1, lanes)
-            tl.atomic_add(COUNTS + 2, 1)
-            tl.atomic_add(COUNTS + 3, (lanes > 0).to(tl.int64))
+        if COUNT:
+            _add_counts(COUNTS, walked, lanes)
         part = (pid_bh * num_queries + pid_q) * tl.num_programs(2) + split
         tl.store(PART_ACC + part * HEAD_DIM + offs_d, acc)
         tl.store(PART_M + part, m_i)

@@ -287,10 +287,7 @@ if triton is not None:
             sees_text = valid
             text_bias = tl.load(TEXT_BIAS + b)
         frame_split = tl.maximum(split - TEXT_SPLITS, 0)
-        if TEMPORAL:
-            slot = frame_split // FRAME_SPLITS
-        else:
-            slot = q_slot
+        slot = frame_split // FRAME_SPLITS if TEMPORAL else q_slot
         count, x_lo, y_lo, ny = _decode_candidates(q_kind, q_slot, q_p, slot, num_given, TEMPORAL, WINDOWED,
                                                    BIDIR_GIVEN, GRID, WINDOW, SHIFT, FRAME_LEN)
         text_lo = split * SPLIT_KEYS
@@ -410,7 +407,7 @@ def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
     check_launch(q)
     rule.require_released_rules("triton")
     check_window_inputs(q, k, v, q_index, text_len, text_bias, rule)
-    b, h, n_q, d = q.shape
+    n_q, d = q.shape[2:]
     if d not in HEAD_DIMS:
         raise ValueError(f"head dim {d} is not supported by the triton backend (16, 32, 64 or 128)")
     if q.dtype not in KERNEL_DTYPES:

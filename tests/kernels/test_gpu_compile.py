@@ -1,9 +1,10 @@
 """The Triton kernels compile for the real GPUs (sm_90, sm_80) on this CPU machine: ``bench/compile_gpu_kernels.py
 --quick`` (the stage-2 temporal channel's prefill -- the largest window launch -- and a 2-query decode step, split-KV
-plus combine, and the DSR layer, bf16, at the released shapes, through the kernels' wrappers and Triton's JIT binder with a compile-only driver), in a subprocess without
-the interpreter. Each must compile, ask for no more shared memory than the target gives a block, use Hopper's
-wgmma on sm_90 where it multiplies tiles (the prefill and the DSR layer; the decode kernels are matrix-vector
-products), and spill nothing on sm_90 (the full table, every launch: ``bench/results/gpu-compile-*.json``)."""
+plus combine, and the DSR layer, bf16, at the released shapes, through the kernels' wrappers and Triton's JIT binder
+with a compile-only driver), in a subprocess without the interpreter. Each must compile, ask for no more shared
+memory than the target gives a block, use Hopper's wgmma on sm_90 where it multiplies tiles (the prefill and the DSR
+layer; the decode kernels are matrix-vector products), and spill nothing on sm_90 (the full table, every launch:
+``bench/results/gpu-compile-*.json``)."""
 
 import importlib.util
 import json

@@ -159,6 +159,11 @@ def decode_pass(runner: ModelRunner, cache: StaticCache, stage: Pass | str, num_
     for i, r in enumerate(rows):
         by_params.setdefault(r.params, []).append(i)
     groups = [(params, torch.tensor(idx), [rows[i].key for i in idx]) for params, idx in by_params.items()]
+    on_device: dict = {}  # what the loop indexes device tensors with, moved there once (at the first step)
+    extra = None
+    if len(texts) > batch:  # the guided rows' inputs: their conditional rows', the padding row 0's
+        extra = torch.cat([torch.tensor(guided, dtype=torch.long), torch.zeros(len(texts) - batch - len(guided),
+                                                                              dtype=torch.long)])
 
     layout = cache.layouts[0]
     plan = make_schedule(layout, model.config.num_layers, schedule)
@@ -171,34 +176,37 @@ def decode_pass(runner: ModelRunner, cache: StaticCache, stage: Pass | str, num_
     step_fn = runner.stepper(cache)  # CUDA-graph replays on CUDA
     start = time.perf_counter()
     forward = 0.0
-    rows_fed = len(texts)
     for step, positions in enumerate(plan):
         if should_stop is not None and should_stop():
             return None
         where = [(int(layout.slot(q)), int(layout.block_pos(q))) for q in positions]
         inputs = StreamLayout.block_inputs(tokens, boi_id)  # the schedule feeds p only once p - 1 is sampled
         feed = torch.stack([inputs[:, s - layout.num_given, p] for s, p in where], dim=1)
-        if rows_fed > batch:
-            extra = torch.cat([torch.tensor(guided, dtype=torch.long), torch.zeros(rows_fed - batch - len(guided),
-                                                                                  dtype=torch.long)])
+        if extra is not None:
             feed = torch.cat([feed, feed[extra]])
         t0 = time.perf_counter()
         logits = step_fn(where, feed, step_bias)
         if logits.is_cuda:  # the time inside the forward (the sampler waits for it anyway)
             torch.cuda.synchronize()
         forward += time.perf_counter() - t0
+        if not on_device:
+            on_device.update((i, idx.to(logits.device)) for i, (_, idx, _) in enumerate(groups))
+            if guided:
+                on_device.update(cond=cond.to(logits.device), guider=guider.to(logits.device),
+                                 alpha=alpha.to(logits.device)[:, None, None])
         main = logits[:batch]
         if guided:
             main = main.clone()
-            g = logits[guider]
-            main[cond] = g + (logits[cond] - g) * alpha.to(g.device)[:, None, None]
-        for j, (slot, p) in enumerate(where):
-            target = slot - layout.num_given
-            for params, idx, keys in groups:
-                drawn = sampler.sample(main[idx.to(main.device), j], params, [k + (slot, p) for k in keys]).cpu()
-                tokens[idx, target, p] = drawn
-            if recorded is not None:
-                recorded[:, target * frame_len + p] = main[:, j].float().cpu()
+            g = logits[on_device["guider"]]
+            main[on_device["cond"]] = g + (logits[on_device["cond"]] - g) * on_device["alpha"]
+        targets = [slot - layout.num_given for slot, _ in where]
+        cells = torch.tensor(targets), torch.tensor([p for _, p in where])
+        for i, (params, idx, keys) in enumerate(groups):  # every position of the step in one draw, one transfer
+            step_logits = main[on_device[i]].flatten(0, 1)  # [rows x positions, vocab], row-major
+            drawn = sampler.sample(step_logits, params, [k + cell for k in keys for cell in where]).cpu()
+            tokens[idx[:, None], cells[0], cells[1]] = drawn.view(len(idx), len(where))
+        if recorded is not None:
+            recorded[:, cells[0] * frame_len + cells[1]] = main.float().cpu()
         if on_step is not None:
             on_step(step + 1, len(plan), where)
         if on_frame is not None:

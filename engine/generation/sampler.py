@@ -108,6 +108,14 @@ class ClusterSampler:
         self.members = torch.full((self.num_clusters, int(counts.max())), -1, dtype=torch.long)
         slot = torch.arange(labels.numel()) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
         self.members[labels[order], slot] = order
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(labels, members)`` on ``device``: copied there once, then reused by every draw."""
+        device = torch.device(device)
+        if device not in self._on_device:
+            self._on_device[device] = (self.labels.to(device), self.members.to(device))
+        return self._on_device[device]
 
     @classmethod
     def from_file(cls, path: str | Path) -> ClusterSampler:
@@ -132,7 +140,7 @@ class ClusterSampler:
         """``[N, num_clusters]`` probability mass of each cluster under ``softmax(logits / temperature)``."""
         self.check_params(params)
         probs = torch.softmax(logits.float() / params.temperature, dim=-1)
-        labels = self.labels.to(logits.device).expand_as(probs)
+        labels = self.tables(logits.device)[0].expand_as(probs)
         return torch.zeros(probs.shape[0], self.num_clusters, device=logits.device).scatter_add_(1, labels, probs)
 
     def token_distribution(self, logits: torch.Tensor, params: PassSampling) -> torch.Tensor:
@@ -141,7 +149,7 @@ class ClusterSampler:
         top_mass, top_clusters = mass.topk(params.top_k, dim=-1)
         pick = torch.zeros_like(mass).scatter_(1, top_clusters, top_mass / top_mass.sum(-1, keepdim=True))
         scaled = logits.float() / params.temperature / params.temperature2
-        labels = self.labels.to(logits.device)
+        labels = self.tables(logits.device)[0]
         out = torch.zeros_like(scaled)
         for c in range(self.num_clusters):  # within-cluster softmax, weighted by the cluster's pick chance
             member = labels == c
@@ -172,7 +180,7 @@ class ClusterSampler:
         cdf = (top_mass / top_mass.sum(-1, keepdim=True)).double().cumsum(-1)
         pick = torch.searchsorted(cdf, u[:, :1].contiguous(), right=True).clamp(max=params.top_k - 1)
         chosen = top_clusters.gather(1, pick)  # [N, 1]
-        members = self.members.to(logits.device)[chosen.squeeze(1)]  # [N, max cluster size], -1 padded
+        members = self.tables(logits.device)[1][chosen.squeeze(1)]  # [N, max cluster size], -1 padded
         real = members >= 0
         inside = scaled.gather(1, members.clamp(min=0)).masked_fill(~real, float("-inf"))
         probs = torch.softmax(inside / params.temperature2, dim=-1).double()

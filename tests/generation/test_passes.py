@@ -81,6 +81,22 @@ def test_a_rows_tokens_do_not_depend_on_the_rest_of_the_batch():
     assert not torch.equal(other_seed.tokens, alone.tokens)
 
 
+def test_a_step_draws_all_its_positions_in_one_call_and_one_transfer(monkeypatch):
+    model = small_model(2)
+    text, given = _inputs(Pass.STAGE2, 2, SMALL_GEOMETRY.frame_len)
+    sampler, calls = toy_sampler(), []
+    draw = sampler.sample
+    monkeypatch.setattr(sampler, "sample", lambda logits, *a, **k: calls.append(logits.shape[0]) or draw(logits, *a,
+                                                                                                         **k))
+    cpu_copies = []
+    to_cpu = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda t, *a, **k: cpu_copies.append(t.shape) or to_cpu(t, *a, **k))
+    out = generate_pass(model, "stage2", text, given, 2, sampler, VIDEO_SAMPLING, [(3, 0), (3, 1)], boi_id=SMALL_BOI)
+    assert len(calls) == len(cpu_copies) == out.steps  # one parameter group: one draw and one copy per step
+    assert sum(calls) == 2 * out.tokens[0].numel()  # every position of both rows, each drawn once
+    assert max(calls) > 2  # the wavefront's steps hold several positions
+
+
 def test_cuda_graphs_need_a_cuda_model():
 
     with pytest.raises(ValueError, match="CUDA device"):

@@ -1,6 +1,6 @@
 """Compile the Triton kernels for real GPU targets on a machine without a GPU, and report what the compilers say.
 
-    python bench/compile_gpu_kernels.py [--targets 90,80] [--dtypes bf16,fp16] [--kernels window,local]
+    python bench/compile_gpu_kernels.py [--targets 90,80] [--dtypes bf16,fp16,fp32] [--kernels window,local]
                                         [--modes prefill,decode1,decode2] [--quick] [--out JSON]
 
 Each launch the runner and the DSR model make at the released shapes (48 heads x 64, the 20 x 20 frame geometry,
@@ -16,7 +16,7 @@ Prefill launches compile the tiled kernel; decode launches (1 or 2 queries per s
 combine kernel, one row each.
 
 ``--quick``: the stage-2 temporal channel (odd layers) in prefill and in a 2-query decode step, and the DSR layer,
-bf16 -- what the CI test runs.
+bf16 unless ``--dtypes`` says otherwise -- what the CI test runs.
 Rows go to ``--out`` (JSON) and a table to stdout. Needs Triton's NVIDIA backend (the triton wheel ships ptxas and
 cuobjdump); must run without ``TRITON_INTERPRET=1``.
 """
@@ -202,7 +202,7 @@ def resources(kernel, arch: int) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--targets", default="90,80")
-    p.add_argument("--dtypes", default="bf16,fp16")
+    p.add_argument("--dtypes", help="default: bf16,fp16,fp32 (bf16 with --quick)")
     p.add_argument("--kernels", default="window,local")
     p.add_argument("--modes", default="prefill,decode1,decode2")
     p.add_argument("--quick", action="store_true", help="one launch per kernel, bf16 (the CI test)")
@@ -215,7 +215,8 @@ def main(argv=None) -> int:
     from cogvideo_engine.kernels import triton_attention as ta
     from cogvideo_engine.kernels import triton_local_attention as tla
 
-    dtypes, modes = (["bf16"] if args.quick else args.dtypes.split(",")), args.modes.split(",")
+    dtypes = (args.dtypes or ("bf16" if args.quick else "bf16,fp16,fp32")).split(",")
+    modes = args.modes.split(",")
     rows = []
     for arch in map(int, args.targets.split(",")):
         install_target(arch)

@@ -89,7 +89,7 @@ if triton is not None:
 
     @triton.jit
     def _online_softmax_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, kv_mask, visible, bias, sm_scale,
-                             IEEE: tl.constexpr, UPCAST: tl.constexpr):
+                             TF32X3: tl.constexpr, UPCAST: tl.constexpr):
         """One key tile: scores ``q . k`` in fp32, scaled, biased, masked, folded into the online softmax.
 
         ``UPCAST`` (the interpreter with bf16 inputs) runs both products in fp32 on the same operands (bf16
@@ -98,14 +98,14 @@ if triton is not None:
         k = tl.load(k_ptrs, mask=kv_mask[None, :], other=0.0)  # [D, N]
         if UPCAST:
             s = tl.dot(q.to(tl.float32), k.to(tl.float32), input_precision="ieee")
-        elif IEEE:
-            s = tl.dot(q, k, input_precision="ieee")
+        elif TF32X3:
+            s = tl.dot(q, k, input_precision="tf32x3")
         else:
             s = tl.dot(q, k)
         s = s * sm_scale + bias
         s = tl.where(visible, s, float("-inf"))
         return online_softmax_update(acc, m_i, l_i, s, v_ptrs, kv_mask[:, None],
-                                     EXP2=False, IEEE=IEEE, UPCAST=UPCAST)
+                                     EXP2=False, TF32X3=TF32X3, UPCAST=UPCAST)
 
     @triton.jit
     def _window_attention_kernel(
@@ -119,7 +119,7 @@ if triton is not None:
             TEMPORAL: tl.constexpr, WINDOWED: tl.constexpr, BIDIR_GIVEN: tl.constexpr,
             GRID: tl.constexpr, WINDOW: tl.constexpr, SHIFT: tl.constexpr, NUM_SLOTS: tl.constexpr,
             FRAME_LEN: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-            IEEE: tl.constexpr, UPCAST: tl.constexpr, COUNT: tl.constexpr):
+            TF32X3: tl.constexpr, UPCAST: tl.constexpr, COUNT: tl.constexpr):
         pid_bh = tl.program_id(0)
         pid_m = tl.program_id(1)
         b = pid_bh // num_heads
@@ -167,7 +167,7 @@ if triton is not None:
             k_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
             v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
             acc, m_i, l_i = _online_softmax_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, key_ok, visible,
-                                                 row_bias[:, None], sm_scale, IEEE, UPCAST)
+                                                 row_bias[:, None], sm_scale, TF32X3, UPCAST)
             if COUNT:
                 walked = walked + tl.sum(key_ok.to(tl.int64), 0)
                 lanes = lanes + BLOCK_N
@@ -187,7 +187,7 @@ if triton is not None:
                     k_ptrs = k_base + rows[None, :] * stride_kn + offs_d[:, None] * stride_kd
                     v_ptrs = v_base + rows[:, None] * stride_vn + offs_d[None, :] * stride_vd
                     acc, m_i, l_i = _online_softmax_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, key_ok, visible,
-                                                         0.0, sm_scale, IEEE, UPCAST)
+                                                         0.0, sm_scale, TF32X3, UPCAST)
                     if COUNT:
                         walked = walked + tl.sum(key_ok.to(tl.int64), 0)
                         lanes = lanes + BLOCK_N
@@ -394,10 +394,10 @@ def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
     16, 32, 64 or 128; fp16, bf16 or fp32; CUDA tensors (CPU ones under ``TRITON_INTERPRET=1``).
 
     ``path``: ``"prefill"`` -- one program per ``block_m`` queries x (sequence, head) walking every key tile some
-    query of the block sees, ``block_m x block_n`` tiles (64 x 64 by default) on tensor cores -- or ``"decode"``
-    -- split-KV: one program per (query, sequence, head, split of its keys; :func:`decode_splits`), the keys of
-    a split enumerated from the rule (a stage-2 query's window cells, a causal prefix) ``block_n`` (32) at a
-    time, only visible rows loaded, then one combine program per query. Default: decode up to
+    query of the block sees, ``block_m x block_n`` tiles (64 x 64 by default, 32 x 32 for fp32) on tensor cores --
+    or ``"decode"`` -- split-KV: one program per (query, sequence, head, split of its keys; :func:`decode_splits`),
+    the keys of a split enumerated from the rule (a stage-2 query's window cells, a causal prefix) ``block_n``
+    (32) at a time, only visible rows loaded, then one combine program per query. Default: decode up to
     :data:`DECODE_MAX_QUERIES` queries per sequence (unless ``block_m`` is given), else prefill.
 
     ``counts``: an int64 tensor of 4 on q's device, for benchmarks: the launch adds (K rows loaded, key lanes
@@ -436,9 +436,10 @@ def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
 
 def _prefill(q, k, v, out, q_index, text_len, text_bias, rule, block_m, block_n, num_warps, counts, count):
     b, h, n_q, d = q.shape
-    block_m = block_m or 64
-    block_n = block_n or 64
-    if num_warps is None:  # 8 for the prefill tiles: 4 warps held the 64 x 64 fp32 accumulator and spilled
+    fp32 = q.dtype == torch.float32  # 3xTF32 dots: three products per tile and split operands, 32 x 32 tiles
+    block_m = block_m or (32 if fp32 else 64)  # (with 64-row tiles the compiler spills, 64 x 16 included)
+    block_n = block_n or (32 if fp32 else 64)
+    if num_warps is None:  # 8 for the 64-row tiles: 4 warps held the 64 x 64 fp32 accumulator and spilled
         num_warps = 8 if block_m >= 64 else 4
     grid = (b * h, triton.cdiv(n_q, block_m))  # sequences x heads on the first axis: no 65535 limit there
     if grid[1] > MAX_GRID_Y:
@@ -451,8 +452,8 @@ def _prefill(q, k, v, out, q_index, text_len, text_bias, rule, block_m, block_n,
         h, n_q, rule.text_capacity, rule.pass_.num_given, 1.0 / math.sqrt(d),
         TEMPORAL=rule.temporal, WINDOWED=rule.windowed, BIDIR_GIVEN=rule.bidirectional_given,
         GRID=g.grid, WINDOW=g.window, SHIFT=rule.shift, NUM_SLOTS=rule.cache_slots, FRAME_LEN=g.frame_len,
-        HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, IEEE=q.dtype == torch.float32, UPCAST=upcast_bf16(q.dtype),
-        COUNT=count, num_warps=num_warps)
+        HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, TF32X3=fp32,
+        UPCAST=upcast_bf16(q.dtype), COUNT=count, num_warps=num_warps)
 
 
 def _decode(q, k, v, out, q_index, text_len, text_bias, rule, block_m, block_n, num_warps, counts, count):

@@ -53,14 +53,15 @@ if triton is not None:
 
     @triton.jit
     def online_softmax_update(acc, m_i, l_i, s, v_ptrs, v_mask,
-                              EXP2: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+                              EXP2: tl.constexpr, TF32X3: tl.constexpr, UPCAST: tl.constexpr):
         """Folds one key tile into the online softmax (shared by the window and the local-attention kernels).
 
         ``s`` [M, N] are the tile's scores, ``-inf`` where not visible (base 2 when ``EXP2``, else base e);
         ``acc`` [M, D], ``m_i`` and ``l_i`` [M] the fp32 state. V [N, D] is loaded here; ``p`` is cast to its
-        dtype for the ``p @ v`` product (IEEE-precision dot when ``IEEE``). ``UPCAST`` (the interpreter with
-        bf16 inputs, whose ``tl.dot`` multiplies bf16 bit patterns as integers) runs the product in fp32 with
-        ``p`` rounded to the nearest bf16 first: the numerics of the tensor-core path."""
+        dtype for the ``p @ v`` product (3xTF32 when ``TF32X3``, for fp32 inputs: tensor cores at fp32-level
+        accuracy). ``UPCAST`` (the interpreter with bf16 inputs, whose ``tl.dot`` multiplies bf16 bit patterns
+        as integers) runs the product in fp32 with ``p`` rounded to the nearest bf16 first: the numerics of the
+        tensor-core path."""
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a query that has seen nothing yet
         if EXP2:
@@ -73,8 +74,8 @@ if triton is not None:
         v = tl.load(v_ptrs, mask=v_mask, other=0.0)  # [N, D]
         if UPCAST:
             pv = tl.dot(round_to_bf16(p), v.to(tl.float32), input_precision="ieee")
-        elif IEEE:
-            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        elif TF32X3:
+            pv = tl.dot(p.to(v.dtype), v, input_precision="tf32x3")
         else:
             pv = tl.dot(p.to(v.dtype), v)
         acc = acc * alpha[:, None] + pv

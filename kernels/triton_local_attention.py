@@ -9,7 +9,7 @@ softmax over both.
 Tiling. One program owns ``BLOCK_ROWS`` consecutive query rows ``r0 ..`` of one (batch, head), restricted to a
 tile of ``BLOCK_Q`` consecutive columns ``c0 .. c0 + BLOCK_Q - 1``: a ``[BLOCK_ROWS * BLOCK_Q, d]`` query
 block, flattened row-major, so query ``i`` of the block is cell ``(r0 + i // BLOCK_Q, c0 + i % BLOCK_Q)``.
-With the released 60x60 frame the default is one whole row per program (``BLOCK_Q = 64``).
+With the released 60x60 frame the default is one whole row per program (``BLOCK_Q = 64``; half a row for fp32).
 
 * High-resolution keys: the program walks the key rows ``r0 - hr .. r0 + BLOCK_ROWS - 1 + hr`` that lie in
   the frame (the loop bounds are clipped, so out-of-frame rows cost nothing). Of each key row it loads one
@@ -24,11 +24,11 @@ With the released 60x60 frame the default is one whole row per program (``BLOCK_
 
 Every tile goes through the same online-softmax step: scores ``q . k`` scaled by ``1 / sqrt(d)`` in fp32
 (base-2 exponentials), running max and sum in fp32, ``p @ v`` accumulated in fp32 (``p`` cast to the input
-dtype for the tensor-core product in fp16/bf16; fp32 inputs use IEEE-precision dots, not TF32). The result is
-divided by the row sum once and stored in the input dtype. Keys are read where they are: every input may have
-arbitrary strides (for example q, k, v as views of one ``[B, N, 3, H, d]`` projection). A head dimension
-up to 256 that is not a power of two (or is below 16, the smallest ``tl.dot`` extent) is zero-padded in
-registers.
+dtype for the tensor-core product in fp16/bf16; fp32 inputs use 3xTF32 dots, ``tf32x3``: tensor cores at
+fp32-level accuracy). The result is divided by the row sum once and stored in the input dtype. Keys are read
+where they are: every input may have arbitrary strides (for example q, k, v as views of one ``[B, N, 3, H, d]``
+projection). A head dimension up to 256 that is not a power of two (or is below 16, the smallest ``tl.dot``
+extent) is zero-padded in registers.
 
 Inputs go through :func:`.local_reference.check_local_inputs` (the checks every local backend shares), then
 this backend's own limits (fp16, bf16 or fp32; d <= 256; tile sizes). The online-softmax step, the Triton
@@ -81,7 +81,7 @@ if triton is not None:
 
     @triton.jit
     def _softmax_step(acc, m_i, l_i, q, k_ptrs, v_ptrs, k_mask, v_mask, visible, qk_scale,
-                      IEEE: tl.constexpr, UPCAST: tl.constexpr):
+                      TF32X3: tl.constexpr, UPCAST: tl.constexpr):
         """One key tile of the online softmax; scores are in base 2 (``qk_scale`` includes log2(e)).
 
         ``UPCAST`` (the interpreter with bf16 inputs, whose ``tl.dot`` multiplies bf16 bit patterns as
@@ -90,12 +90,12 @@ if triton is not None:
         k = tl.load(k_ptrs, mask=k_mask, other=0.0)  # [D, BLOCK_N]
         if UPCAST:
             s = tl.dot(q.to(tl.float32), k.to(tl.float32), input_precision="ieee")
-        elif IEEE:
-            s = tl.dot(q, k, input_precision="ieee")
+        elif TF32X3:
+            s = tl.dot(q, k, input_precision="tf32x3")
         else:
             s = tl.dot(q, k)
         s = tl.where(visible, s * qk_scale, float("-inf"))
-        return online_softmax_update(acc, m_i, l_i, s, v_ptrs, v_mask, EXP2=True, IEEE=IEEE, UPCAST=UPCAST)
+        return online_softmax_update(acc, m_i, l_i, s, v_ptrs, v_mask, EXP2=True, TF32X3=TF32X3, UPCAST=UPCAST)
 
     @triton.jit
     def _local_attention_kernel(
@@ -111,7 +111,7 @@ if triton is not None:
             HALF_ROWS: tl.constexpr, HALF_COLS: tl.constexpr, HALF_LOW: tl.constexpr,
             HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
             BLOCK_ROWS: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr,
-            COL_TILES: tl.constexpr, ROW_TILES: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+            COL_TILES: tl.constexpr, ROW_TILES: tl.constexpr, TF32X3: tl.constexpr, UPCAST: tl.constexpr):
         # program -> (batch*head, row tile, column tile); tiles of one (b, h) are adjacent (they share keys)
         pid = tl.program_id(0)
         tiles = ROW_TILES * COL_TILES
@@ -152,7 +152,7 @@ if triton is not None:
             k_ptrs = k_base + keys[None, :] * stride_kn + offs_d[:, None] * stride_kd
             v_ptrs = v_base + keys[:, None] * stride_vn + offs_d[None, :] * stride_vd
             acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, k_ptrs, v_ptrs, d_ok[:, None] & kc_ok[None, :],
-                                          kc_ok[:, None] & d_ok[None, :], visible, qk_scale, IEEE, UPCAST)
+                                          kc_ok[:, None] & d_ok[None, :], visible, qk_scale, TF32X3, UPCAST)
 
         # low-resolution window around (qr // RATIO, qc // RATIO)
         kl_base = KL + b * stride_klb + h * stride_klh
@@ -171,7 +171,7 @@ if triton is not None:
             k_ptrs = kl_base + keys[None, :] * stride_kln + offs_d[:, None] * stride_kld
             v_ptrs = vl_base + keys[:, None] * stride_vln + offs_d[None, :] * stride_vld
             acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, k_ptrs, v_ptrs, d_ok[:, None] & lc_ok[None, :],
-                                          lc_ok[:, None] & d_ok[None, :], visible, qk_scale, IEEE, UPCAST)
+                                          lc_ok[:, None] & d_ok[None, :], visible, qk_scale, TF32X3, UPCAST)
 
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # padding queries of the tile (outside the frame)
         out = acc / l_safe[:, None]
@@ -191,7 +191,8 @@ def local_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_
     bf16 or fp32), any strides. Returns a contiguous ``[B, H, N, d]`` tensor in ``q.dtype``.
 
     Tiles: each program takes ``block_rows`` query rows by ``block_q`` columns (powers of two; by default one
-    row and ``min(next_pow2(grid), 64)`` columns, i.e. a whole row of the released 60x60 frame).
+    row and ``min(next_pow2(grid), 64)`` columns, i.e. a whole row of the released 60x60 frame; 32 columns on 8
+    warps for fp32).
     """
     check_launch(q, "triton local-attention backend")
     check_local_inputs(q, k, v, k_low, v_low, geometry)
@@ -200,8 +201,9 @@ def local_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_
     b, h, _, d = q.shape
     if d > _MAX_HEAD_DIM:
         raise ValueError(f"head dim d={d} is above the {_MAX_HEAD_DIM} this kernel keeps in registers")
+    fp32 = q.dtype == torch.float32  # 3xTF32 dots: 32-column tiles on 8 warps (64 spilled on sm_90 and sm_80)
     if block_q is None:
-        block_q = min(_pow2(geometry.grid), 64)
+        block_q = min(_pow2(geometry.grid), 32 if fp32 else 64)
     for name, val in (("block_q", block_q), ("block_rows", block_rows)):
         if val < 1 or val & (val - 1):
             raise ValueError(f"{name} must be a power of two, got {val}")
@@ -214,7 +216,7 @@ def local_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_
     row_tiles = triton.cdiv(geometry.grid, block_rows)
     col_tiles = triton.cdiv(geometry.grid, block_q)
     if num_warps is None:
-        num_warps = 8 if block_q * block_rows >= 128 else 4
+        num_warps = 8 if fp32 or block_q * block_rows >= 128 else 4
     launch = (b * h * row_tiles * col_tiles,)
     args = (q, k, v, k_low, v_low, out,
             *q.stride(), *k.stride(), *v.stride(), *k_low.stride(), *v_low.stride(), *out.stride(),
@@ -223,7 +225,7 @@ def local_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_
             "HALF_ROWS": geometry.window_rows // 2, "HALF_COLS": geometry.window_cols // 2,
             "HALF_LOW": geometry.low_window // 2, "HEAD_DIM": d, "D_PAD": _pow2(d),
             "BLOCK_ROWS": block_rows, "BLOCK_Q": block_q, "BLOCK_K": block_k, "BLOCK_L": block_l,
-            "COL_TILES": col_tiles, "ROW_TILES": row_tiles, "IEEE": q.dtype == torch.float32,
+            "COL_TILES": col_tiles, "ROW_TILES": row_tiles, "TF32X3": fp32,
             "UPCAST": upcast_bf16(q.dtype)}
     with device_guard(q), resource_limits("triton local-attention kernel"):
         _local_attention_kernel[launch](*args, **meta, num_warps=num_warps)

@@ -1,10 +1,10 @@
 """The Triton kernels compile for the real GPUs (sm_90, sm_80) on this CPU machine: ``bench/compile_gpu_kernels.py
 --quick`` (the stage-2 temporal channel's prefill -- the largest window launch -- and a 2-query decode step, split-KV
-plus combine, and the DSR layer, bf16, at the released shapes, through the kernels' wrappers and Triton's JIT binder
-with a compile-only driver), in a subprocess without the interpreter. Each must compile, ask for no more shared
-memory than the target gives a block, use Hopper's wgmma on sm_90 where it multiplies tiles (the prefill and the DSR
-layer; the decode kernels are matrix-vector products), and spill nothing on sm_90 (the full table, every launch:
-``bench/results/gpu-compile-*.json``)."""
+plus combine, and the DSR layer, bf16 and fp32, at the released shapes, through the kernels' wrappers and Triton's
+JIT binder with a compile-only driver), in a subprocess without the interpreter. Each must compile, ask for no more
+shared memory than the target gives a block, multiply its tiles on tensor cores (the prefill and the DSR layer; the
+decode kernels are matrix-vector products): Hopper's wgmma on sm_90 in bf16, mma (3xTF32) in fp32; and spill nothing
+on sm_90 (the full table, every launch: ``bench/results/gpu-compile-*.json``)."""
 
 import importlib.util
 import json
@@ -39,15 +39,18 @@ def test_triton_kernels_compile_for_sm90_and_sm80(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(TRITON_CACHE_DIR=str(tmp_path / "cache"), TRITON_DEFAULT_FP_FUSION="1")
     out = tmp_path / "compile.json"
-    done = subprocess.run([sys.executable, str(REPO / "bench" / "compile_gpu_kernels.py"), "--quick", "--out",
-                           str(out)], capture_output=True, text=True, env=env, timeout=600, check=False)
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "compile_gpu_kernels.py"), "--quick", "--dtypes",
+                           "bf16,fp32", "--out", str(out)], capture_output=True, text=True, env=env, timeout=900,
+                          check=False)
     print(done.stdout)
     assert out.exists(), done.stderr[-3000:]
     rows = json.loads(out.read_text())
     def kind(label):  # "window ... prefill bf16", "window ... decode2 bf16" (+ " combine"), "local dsr bf16"
-        return "combine" if label.endswith("combine") else label.split()[-2]
-    assert sorted((r["target"], kind(r["kernel"])) for r in rows) == sorted(
-        (t, k) for t in ("sm_90", "sm_80") for k in ("prefill", "decode2", "combine", "dsr"))
+        words = label.split()
+        return ("combine", words[-2]) if label.endswith("combine") else (words[-2], words[-1])
+    assert sorted((r["target"], *kind(r["kernel"])) for r in rows) == sorted(
+        (t, k, dt) for t in ("sm_90", "sm_80") for k in ("prefill", "decode2", "combine", "dsr")
+        for dt in ("bf16", "fp32"))
     for r in rows:
         assert r["compiled"], r
         assert 0 < r["registers"] <= 255 and r["ptxas_registers"] == r["registers"], r
@@ -56,5 +59,8 @@ def test_triton_kernels_compile_for_sm90_and_sm80(tmp_path):
         if r["target"] == "sm_90":  # Hopper (the GPU this engine is tuned for): no spills; sm_80's stage-2
             assert r["spill_store_bytes"] == r["spill_load_bytes"] == 0, r  # temporal prefill still spills ~1 KB
         tiles = "prefill" in r["kernel"] or r["kernel"].startswith("local")
-        assert r["wgmma"] == (tiles and r["target"] == "sm_90"), r
+        if r["kernel"].endswith("fp32"):  # 3xTF32 on 32-row tiles: mma.sync (a warpgroup's wgmma needs 64 rows)
+            assert r["mma"] == tiles and not r["wgmma"], r
+        else:
+            assert r["wgmma"] == (tiles and r["target"] == "sm_90"), r
     assert done.returncode == 0, done.stderr[-3000:]

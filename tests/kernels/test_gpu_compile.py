@@ -20,24 +20,40 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def _nvidia_backend() -> str | None:
-    """Why Triton cannot compile for NVIDIA GPUs here, or None."""
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed"
-    spec = importlib.util.find_spec("triton.backends.nvidia")
-    if spec is None:
-        return "triton has no NVIDIA backend"
-    tools = Path(spec.origin).parent / "bin"
-    missing = [t for t in ("ptxas", "cuobjdump") if not (tools / t).exists()]
+GPU_MACHINE_TRITON = "COGVIDEO_GPU_MACHINE_TRITON"
+"""Environment variable naming a folder with the GPU machine's Triton in it (``pip install --target``): set by
+``scripts/test.sh``, which installs it there, so the report also runs with the Triton the kernels will meet."""
+
+
+def _nvidia_backend(site: Path | None) -> str | None:
+    """Why the Triton in ``site`` (None: the suite's own) cannot compile for NVIDIA GPUs here, or None."""
+    if site is None:
+        spec = importlib.util.find_spec("triton.backends.nvidia")
+        if importlib.util.find_spec("triton") is None or spec is None:
+            return "triton (with its NVIDIA backend) is not installed"
+        backend = Path(spec.origin).parent
+    else:
+        backend = site / "triton" / "backends" / "nvidia"
+        if not backend.is_dir():
+            return f"{site} holds no triton with an NVIDIA backend (scripts/test.sh installs the GPU machine's there)"
+    missing = [t for t in ("ptxas", "cuobjdump") if not (backend / "bin" / t).exists()]
     return f"triton's NVIDIA backend lacks {', '.join(missing)}" if missing else None
 
 
-def test_triton_kernels_compile_for_sm90_and_sm80(tmp_path):
-    why = _nvidia_backend()
+@pytest.mark.parametrize("triton", ["suite", "gpu-machine"])
+def test_triton_kernels_compile_for_sm90_and_sm80(tmp_path, triton):
+    site = None
+    if triton == "gpu-machine":
+        if not os.environ.get(GPU_MACHINE_TRITON):
+            pytest.skip(f"{GPU_MACHINE_TRITON} is unset (scripts/test.sh sets it)")
+        site = Path(os.environ[GPU_MACHINE_TRITON]).resolve()
+    why = _nvidia_backend(site)
     if why:
         pytest.skip(why)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(TRITON_CACHE_DIR=str(tmp_path / "cache"), TRITON_DEFAULT_FP_FUSION="1")
+    if site is not None:  # ahead of the venv's own triton; torch and the package stay the venv's
+        env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
     out = tmp_path / "compile.json"
     done = subprocess.run([sys.executable, str(REPO / "bench" / "compile_gpu_kernels.py"), "--quick", "--dtypes",
                            "bf16,fp32", "--out", str(out)], capture_output=True, text=True, env=env, timeout=900,
@@ -45,6 +61,9 @@ def test_triton_kernels_compile_for_sm90_and_sm80(tmp_path):
     print(done.stdout)
     assert out.exists(), done.stderr[-3000:]
     rows = json.loads(out.read_text())
+    if site is not None:  # the report ran with the side install, not the venv's triton
+        version = next(site.glob("triton-*.dist-info")).name.removesuffix(".dist-info").split("-")[1]
+        assert {r["triton"] for r in rows} == {version}, (version, {r["triton"] for r in rows})
     def kind(label):  # "window ... prefill bf16", "window ... decode2 bf16" (+ " combine"), "local dsr bf16"
         words = label.split()
         return ("combine", words[-2]) if label.endswith("combine") else (words[-2], words[-1])

@@ -3,13 +3,19 @@
 // * Tensor-core tiles (fp16/bf16, head dim 64, sequences with at least kMinTileQueries queries: prefill):
 //   a block of 4 warps owns 64 queries of one (sequence, head) and walks the cache in tiles of 64 rows. Per
 //   tile the block evaluates the rule (rules.h) for its 64 x 64 (query, key) pairs into a shared bitmap and
-//   skips the tile if no pair is visible (block vote) before loading K/V; then each warp computes its 16 x 64
+//   skips the tile if no pair is visible (block vote) before loading K/V (16-byte vector loads where every row
+//   is 16-byte aligned with unit stride along d, else element loads); then each warp computes its 16 x 64
 //   scores Q K^T with WMMA (16x16x16, fp32 accumulation), applies scale, text bias and the bitmap, updates an
 //   fp32 online softmax (two lanes per query row), and accumulates P V with WMMA into an fp32 output tile
 //   kept in shared memory (rescaled per row by the softmax correction before each product).
 // * Warp per query (every other case: fp32, other head dims, decode): each warp walks the cache rows in
-//   chunks of 32 (one key per lane), skips chunks no lane can see (warp vote), computes the scores with the
-//   query in shared memory and keeps an fp32 online softmax; every lane owns D / 32 output dimensions.
+//   chunks of 32, each lane deciding one row's visibility (the rule cells of a frame's positions are built once
+//   per block in shared memory, and a lane's (slot, position) advances without division); chunks no lane can
+//   see are skipped (warp vote). Each visible row is then read by the whole warp, lanes over d (coalesced; the
+//   query sits in registers the same way), its score a warp sum; an fp32 online softmax per chunk, and every
+//   lane owns D / 32 output dimensions.
+//
+// Grid: sequences x heads on the x axis (up to 2^31 - 1 blocks), query tiles on y (at most 65535).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -29,6 +35,10 @@ namespace cogvideo {
 namespace {
 
 constexpr int kWarps = 4;  // queries per block
+constexpr int64_t kMaxGridY = 65535;        // CUDA's limit on a grid's y (and z) axis
+constexpr size_t kMaxStaticShared = 48 * 1024;  // dynamic shared memory a block gets without the opt-in
+
+size_t cells_bytes(const AttentionRule& rule) { return sizeof(Cell) * static_cast<size_t>(rule.frame_len()); }
 constexpr unsigned kFull = detail::kFullWarp;
 
 using detail::from_float;
@@ -48,10 +58,14 @@ window_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const 
                         const int32_t* __restrict__ text_len, const float* __restrict__ text_bias,
                         AttentionRule rule, int64_t heads, int64_t num_queries) {
   constexpr int kPerLane = (D + 31) / 32;
-  __shared__ float q_shared[kWarps][D];
+  extern __shared__ Cell cells[];  // the rule cells of one frame's positions, built once per block
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t m = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
-  const int64_t b = blockIdx.y / heads, h = blockIdx.y % heads;
+  const int frame_len = rule.frame_len();
+  for (int p = threadIdx.x; p < frame_len; p += blockDim.x) cells[p] = cell_of(p, rule);
+  __syncthreads();
+  const int64_t m = static_cast<int64_t>(blockIdx.y) * kWarps + warp;
+  const int heads32 = static_cast<int>(heads);  // 32-bit division (no 64-bit division routine call)
+  const int64_t b = static_cast<int>(blockIdx.x) / heads32, h = static_cast<int>(blockIdx.x) % heads32;
   if (m >= num_queries) return;  // a whole warp leaves together; no block-wide barrier follows
 
   const int tl = text_len[b];
@@ -59,12 +73,15 @@ window_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const 
   const QueryPos qp = decode_query(q_index[b * st.qi[0] + m * st.qi[1]], tl, rule);
   const float inv_sqrt_d = rsqrtf(static_cast<float>(D));
   const int64_t q_base = b * st.q[0] + h * st.q[1] + m * st.q[2];
-  for (int d = lane; d < D; d += 32) q_shared[warp][d] = to_float(q[q_base + d * st.q[3]]) * inv_sqrt_d;
-  __syncwarp();
+  float q_reg[kPerLane];  // lane owns dimensions lane, lane + 32, ...: K rows are read coalesced across the warp
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    const int d = lane + 32 * i;
+    q_reg[i] = d < D ? to_float(q[q_base + d * st.q[3]]) * inv_sqrt_d : 0.0f;
+  }
 
   const bool text_visible = sees_text(qp, rule.temporal);
   const float text_add = text_biased(qp, rule.temporal) ? bias : 0.0f;
-  const int frame_len = rule.frame_len();
   const int64_t rows = rule.cache_len();
   const T* k_head = k + b * st.k[0] + h * st.k[1];
   const T* v_head = v + b * st.v[0] + h * st.v[1];
@@ -73,26 +90,46 @@ window_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const 
 #pragma unroll
   for (int i = 0; i < kPerLane; ++i) acc[i] = 0.0f;
   float m_i = -INFINITY, l_i = 0.0f;
+  int k_slot = 0, k_pos = 0;  // the lane's frame row as (slot, position), advanced by 32 rows per chunk
+  bool in_frames = false;
 
   for (int64_t base = 0; base < rows; base += 32) {
     const int64_t row = base + lane;
+    if (in_frames) {  // no division per row: the position wraps into the next slot
+      k_pos += 32;
+      while (k_pos >= frame_len) {
+        k_pos -= frame_len;
+        ++k_slot;
+      }
+    }
     bool visible = false;
     float add = 0.0f;
     if (row < rule.text_capacity) {
       visible = text_visible && row < tl;
       add = text_add;
     } else if (row < rows) {
-      const int64_t rel = row - rule.text_capacity;
-      visible = sees_frame_key(qp, static_cast<int>(rel / frame_len), cell_of(static_cast<int>(rel % frame_len), rule), rule);
+      if (!in_frames) {  // the lane's first frame row (a 32-bit division: cache rows fit an int)
+        const int rel = static_cast<int>(row - rule.text_capacity);
+        k_slot = rel / frame_len;
+        k_pos = rel - k_slot * frame_len;
+        in_frames = true;
+      }
+      visible = sees_frame_key(qp, k_slot, cells[k_pos], rule);
     }
-    if (!__any_sync(kFull, visible)) continue;
+    const unsigned seen = __ballot_sync(kFull, visible);
+    if (seen == 0u) continue;
     float s = -INFINITY;
-    if (visible) {
-      const T* k_row = k_head + row * st.k[2];
-      float dot = 0.0f;
-#pragma unroll 8
-      for (int d = 0; d < D; ++d) dot += q_shared[warp][d] * to_float(k_row[d * st.k[3]]);
-      s = dot + add;
+    for (unsigned left = seen; left != 0u; left &= left - 1u) {  // the visible rows, one warp-wide dot each
+      const int j = __ffs(left) - 1;
+      const T* k_row = k_head + (base + j) * st.k[2];
+      float part = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) {
+        const int d = lane + 32 * i;
+        if (d < D) part += q_reg[i] * to_float(k_row[d * st.k[3]]);
+      }
+      const float dot = warp_sum(part);
+      if (lane == j) s = dot + add;
     }
     const float m_new = fmaxf(m_i, warp_max(s));
     const float p = visible ? __expf(s - m_new) : 0.0f;
@@ -100,9 +137,9 @@ window_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const 
     l_i = l_i * alpha + warp_sum(p);
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) acc[i] *= alpha;
-    for (int j = 0; j < 32; ++j) {
+    for (unsigned left = seen; left != 0u; left &= left - 1u) {
+      const int j = __ffs(left) - 1;
       const float pj = __shfl_sync(kFull, p, j);
-      if (pj == 0.0f) continue;  // uniform across the warp: pj is broadcast
       const T* v_row = v_head + (base + j) * st.v[2];
 #pragma unroll
       for (int i = 0; i < kPerLane; ++i) {
@@ -149,10 +186,11 @@ __global__ void __launch_bounds__(kTileWarps * 32)
 window_attention_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                            T* __restrict__ out, Strides st, const int64_t* __restrict__ q_index,
                            const int32_t* __restrict__ text_len, const float* __restrict__ text_bias,
-                           AttentionRule rule, int64_t heads, int64_t num_queries) {
+                           AttentionRule rule, int64_t heads, int64_t num_queries, bool vec16) {
   using namespace nvcuda;
   using L = TileLayout<D>;
   static_assert(D % 16 == 0, "WMMA tiles need a head dim that is a multiple of 16");
+  constexpr int kVecs = D / 8;  // 16-byte vectors per row
   extern __shared__ __align__(128) unsigned char smem[];
   T* q_s = reinterpret_cast<T*>(smem + L::kQ);
   T* k_s = reinterpret_cast<T*>(smem + L::kK);
@@ -165,8 +203,9 @@ window_attention_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, con
   int* text_vis_s = reinterpret_cast<int*>(text_add_s + kTileM);
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kTileM;
-  const int64_t b = blockIdx.y / heads, h = blockIdx.y % heads;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kTileM;
+  const int heads32 = static_cast<int>(heads);
+  const int64_t b = static_cast<int>(blockIdx.x) / heads32, h = static_cast<int>(blockIdx.x) % heads32;
   const int tl = text_len[b];
   const float bias = text_bias[b];
 
@@ -179,10 +218,19 @@ window_attention_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, con
     text_add_s[r] = text_biased(qp, rule.temporal) ? bias : 0.0f;
   }
   const int64_t q_base = b * st.q[0] + h * st.q[1];
-  for (int i = tid; i < kTileM * D; i += blockDim.x) {
-    const int r = i / D, d = i % D;
-    const int64_t m = m0 + r;
-    q_s[r * L::kLdT + d] = m < num_queries ? q[q_base + m * st.q[2] + d * st.q[3]] : from_float<T>(0.0f);
+  if (vec16) {  // 16-byte loads: 8 elements of a row per thread
+    for (int i = tid; i < kTileM * kVecs; i += blockDim.x) {
+      const int r = i / kVecs, d = (i % kVecs) * 8;
+      const int64_t m = m0 + r;
+      *reinterpret_cast<uint4*>(q_s + r * L::kLdT + d) =
+          m < num_queries ? *reinterpret_cast<const uint4*>(q + q_base + m * st.q[2] + d) : uint4{0, 0, 0, 0};
+    }
+  } else {
+    for (int i = tid; i < kTileM * D; i += blockDim.x) {
+      const int r = i / D, d = i % D;
+      const int64_t m = m0 + r;
+      q_s[r * L::kLdT + d] = m < num_queries ? q[q_base + m * st.q[2] + d * st.q[3]] : from_float<T>(0.0f);
+    }
   }
   for (int i = tid; i < kTileM * L::kLdO; i += blockDim.x) o_s[i] = 0.0f;
   __syncthreads();
@@ -228,12 +276,24 @@ window_attention_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, con
     if (!__syncthreads_or(any)) continue;  // uniform: no pair of the tile is visible
 
     // 2. K and V tiles (zeros past the cache)
-    for (int i = tid; i < kTileN * D; i += blockDim.x) {
-      const int c = i / D, d = i % D;
-      const int64_t row = base + c;
-      const bool in = row < rows;
-      k_s[c * L::kLdT + d] = in ? k[k_head + row * st.k[2] + d * st.k[3]] : from_float<T>(0.0f);
-      v_s[c * L::kLdT + d] = in ? v[v_head + row * st.v[2] + d * st.v[3]] : from_float<T>(0.0f);
+    if (vec16) {
+      for (int i = tid; i < kTileN * kVecs; i += blockDim.x) {
+        const int c = i / kVecs, d = (i % kVecs) * 8;
+        const int64_t row = base + c;
+        const bool in = row < rows;
+        *reinterpret_cast<uint4*>(k_s + c * L::kLdT + d) =
+            in ? *reinterpret_cast<const uint4*>(k + k_head + row * st.k[2] + d) : uint4{0, 0, 0, 0};
+        *reinterpret_cast<uint4*>(v_s + c * L::kLdT + d) =
+            in ? *reinterpret_cast<const uint4*>(v + v_head + row * st.v[2] + d) : uint4{0, 0, 0, 0};
+      }
+    } else {
+      for (int i = tid; i < kTileN * D; i += blockDim.x) {
+        const int c = i / D, d = i % D;
+        const int64_t row = base + c;
+        const bool in = row < rows;
+        k_s[c * L::kLdT + d] = in ? k[k_head + row * st.k[2] + d * st.k[3]] : from_float<T>(0.0f);
+        v_s[c * L::kLdT + d] = in ? v[v_head + row * st.v[2] + d * st.v[3]] : from_float<T>(0.0f);
+      }
     }
     __syncthreads();
 
@@ -311,6 +371,16 @@ window_attention_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, con
   }
 }
 
+// Whether Q, K and V rows can be read as 16-byte vectors: 16-bit elements, unit stride along d, and every row
+// start 16-byte aligned (the pointers and the strides of the other axes multiples of 8 elements).
+template <typename T>
+bool vec16_rows(const T* q, const T* k, const T* v, const Strides& st) {
+  static_assert(sizeof(T) == 2, "the tensor-core tiles hold 16-bit elements");
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  auto rows_aligned = [](const int64_t* s) { return s[3] == 1 && s[0] % 8 == 0 && s[1] % 8 == 0 && s[2] % 8 == 0; };
+  return aligned(q) && aligned(k) && aligned(v) && rows_aligned(st.q) && rows_aligned(st.k) && rows_aligned(st.v);
+}
+
 template <typename T, int D>
 void launch_tiles(const T* q, const T* k, const T* v, T* out, const Strides& st, const QueryInfo& info,
                   const AttentionRule& rule, int64_t batch, int64_t heads, int64_t num_q, cudaStream_t stream) {
@@ -327,9 +397,9 @@ void launch_tiles(const T* q, const T* k, const T* v, T* out, const Strides& st,
       throw std::runtime_error(std::string("window_attention_cuda: shared memory opt-in: ") + cudaGetErrorString(err));
     if (device < kMaxDevices) configured[device] = true;
   }
-  dim3 grid(static_cast<unsigned>((num_q + kTileM - 1) / kTileM), static_cast<unsigned>(batch * heads));
+  dim3 grid(static_cast<unsigned>(batch * heads), static_cast<unsigned>((num_q + kTileM - 1) / kTileM));
   window_attention_tc_kernel<T, D><<<grid, kTileWarps * 32, bytes, stream>>>(
-      q, k, v, out, st, info.q_index, info.text_len, info.text_bias, rule, heads, num_q);
+      q, k, v, out, st, info.q_index, info.text_len, info.text_bias, rule, heads, num_q, vec16_rows(q, k, v, st));
 }
 
 template <typename T, int D>
@@ -353,8 +423,8 @@ void launch(const TensorView& q, const TensorView& k, const TensorView& v, Tenso
       return;
     }
   }
-  dim3 grid(static_cast<unsigned>((num_q + kWarps - 1) / kWarps), static_cast<unsigned>(q.shape[0] * q.shape[1]));
-  window_attention_kernel<T, D><<<grid, kWarps * 32, 0, stream>>>(
+  dim3 grid(static_cast<unsigned>(q.shape[0] * q.shape[1]), static_cast<unsigned>((num_q + kWarps - 1) / kWarps));
+  window_attention_kernel<T, D><<<grid, kWarps * 32, cells_bytes(rule), stream>>>(
       static_cast<const T*>(q.data), static_cast<const T*>(k.data), static_cast<const T*>(v.data),
       static_cast<T*>(out.data), st, info.q_index, info.text_len, info.text_bias, rule, q.shape[1], num_q);
 }
@@ -379,7 +449,16 @@ void window_attention_cuda(const TensorView& q, const TensorView& k, const Tenso
   validate(q, k, v, out, rule);
   if (info.q_index == nullptr || info.text_len == nullptr || info.text_bias == nullptr)
     throw InvalidArgument("q_index, text_len and text_bias must be given");
-  if (q.shape[0] * q.shape[1] > 2147483647LL) throw InvalidArgument("batch x heads must fit the grid's y size");
+  // sequences x heads on the grid's x axis (up to 2^31 - 1), query tiles on y (CUDA allows 65535 there)
+  if (q.shape[0] * q.shape[1] > 2147483647LL) throw InvalidArgument("batch x heads must be below 2^31");
+  if ((q.shape[2] + kWarps - 1) / kWarps > kMaxGridY)
+    throw InvalidArgument("at most " + std::to_string(kMaxGridY * kWarps) + " queries per sequence (" +
+                          std::to_string(q.shape[2]) + " given): CUDA's grid allows " + std::to_string(kMaxGridY) +
+                          " blocks on its y axis");
+  if (cells_bytes(rule) > kMaxStaticShared)
+    throw InvalidArgument("frames of " + std::to_string(rule.frame_len()) + " cells need " +
+                          std::to_string(cells_bytes(rule)) + " bytes of shared memory for their rule cells, over " +
+                          "the " + std::to_string(kMaxStaticShared) + " a block has without opt-in");
   auto s = static_cast<cudaStream_t>(stream);
   switch (q.dtype) {
     case DType::kFloat32: dispatch_dim<float>(q, k, v, out, info, rule, s); break;

@@ -50,9 +50,9 @@ COGVIDEO_HD QueryPos decode_query(int64_t stream_index, int text_len, const Atte
     q.kind = kText;
     return q;
   }
-  const int64_t rel = stream_index - text_len;
-  q.slot = static_cast<int>(rel / r.frame_len());
-  q.cell = cell_of(static_cast<int>(rel % r.frame_len()), r);
+  const int rel = static_cast<int>(stream_index - text_len);  // stream indices are cache rows: they fit an int
+  q.slot = rel / r.frame_len();  // (a 32-bit division: on a GPU the 64-bit one is a called routine)
+  q.cell = cell_of(rel - q.slot * r.frame_len(), r);
   q.kind = q.slot < r.num_given ? kGiven : kTarget;
   return q;
 }

@@ -88,6 +88,28 @@ if triton is not None:
         tl.atomic_add(COUNTS + 3, (lanes > 0).to(tl.int64))
 
     @triton.jit
+    def _query_position(q_idx, text_len, num_given, FRAME_LEN: tl.constexpr):
+        """A query's stream index decoded (``rules.StreamLayout.kind / slot / block_pos``): ``(valid, kind, slot,
+        p)``, kind -1 for padding (index -1), 0 for text, else ``_KIND_GIVEN`` / ``_KIND_TARGET``."""
+        valid = q_idx >= 0
+        q_frame = q_idx >= text_len
+        rel = tl.where(q_frame, q_idx - text_len, 0)
+        q_slot = rel // FRAME_LEN
+        q_p = rel % FRAME_LEN
+        q_kind = tl.where(q_frame, tl.where(q_slot < num_given, _KIND_GIVEN, _KIND_TARGET), 0)
+        return valid, tl.where(valid, q_kind, -1), q_slot, q_p
+
+    @triton.jit
+    def _text_keys(valid, q_kind, text_bias, TEMPORAL: tl.constexpr):
+        """``(sees_text, bias)`` of a query: the spatial channel shows the text keys to every valid row and biases
+        them; the temporal channel shows them to frame rows and biases target rows only."""
+        if TEMPORAL:
+            sees, bias = q_kind > 0, tl.where(q_kind == _KIND_TARGET, text_bias, 0.0)
+        else:
+            sees, bias = valid, tl.where(valid, text_bias, 0.0)
+        return sees, bias
+
+    @triton.jit
     def _online_softmax_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, kv_mask, visible, bias, sm_scale,
                              TF32X3: tl.constexpr, UPCAST: tl.constexpr):
         """One key tile: scores ``q . k`` in fp32, scaled, biased, masked, folded into the online softmax.
@@ -132,14 +154,7 @@ if triton is not None:
         text_len = tl.load(TEXT_LEN + b)
         text_bias = tl.load(TEXT_BIAS + b)
 
-        # decode each query's stream index (rules.StreamLayout.kind / slot / block_pos)
-        valid = q_idx >= 0
-        q_frame = q_idx >= text_len
-        rel = tl.where(q_frame, q_idx - text_len, 0)
-        q_slot = rel // FRAME_LEN
-        q_p = rel % FRAME_LEN
-        q_kind = tl.where(q_frame, tl.where(q_slot < num_given, _KIND_GIVEN, _KIND_TARGET), 0)
-        q_kind = tl.where(valid, q_kind, -1)
+        valid, q_kind, q_slot, q_p = _query_position(q_idx, text_len, num_given, FRAME_LEN)
 
         q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
         q = tl.load(q_ptrs, mask=in_range[:, None], other=0.0)
@@ -154,12 +169,7 @@ if triton is not None:
 
         # text keys: every valid row sees them in the spatial channel, frame rows in the temporal channel;
         # the bias goes on every row (spatial) or on target rows only (temporal)
-        if TEMPORAL:
-            sees_text = q_kind > 0
-            row_bias = tl.where(q_kind == _KIND_TARGET, text_bias, 0.0)
-        else:
-            sees_text = valid
-            row_bias = tl.where(valid, text_bias, 0.0)
+        sees_text, row_bias = _text_keys(valid, q_kind, text_bias, TEMPORAL)
         for start in range(0, text_capacity, BLOCK_N):
             offs_n = start + tl.arange(0, BLOCK_N)
             key_ok = offs_n < text_len
@@ -271,21 +281,10 @@ if triton is not None:
 
         q_idx = tl.load(QIDX + b * stride_ib + pid_q * stride_im)
         text_len = tl.load(TEXT_LEN + b)
-        valid = q_idx >= 0
-        q_frame = q_idx >= text_len
-        rel = tl.where(q_frame, q_idx - text_len, 0)
-        q_slot = rel // FRAME_LEN
-        q_p = rel % FRAME_LEN
-        q_kind = tl.where(q_frame, tl.where(q_slot < num_given, _KIND_GIVEN, _KIND_TARGET), 0)
-        q_kind = tl.where(valid, q_kind, -1)
+        valid, q_kind, q_slot, q_p = _query_position(q_idx, text_len, num_given, FRAME_LEN)
 
         is_text = split < TEXT_SPLITS
-        if TEMPORAL:
-            sees_text = q_kind > 0
-            text_bias = tl.where(q_kind == _KIND_TARGET, tl.load(TEXT_BIAS + b), 0.0)
-        else:
-            sees_text = valid
-            text_bias = tl.load(TEXT_BIAS + b)
+        sees_text, text_bias = _text_keys(valid, q_kind, tl.load(TEXT_BIAS + b), TEMPORAL)
         frame_split = tl.maximum(split - TEXT_SPLITS, 0)
         slot = frame_split // FRAME_SPLITS if TEMPORAL else q_slot
         count, x_lo, y_lo, ny = _decode_candidates(q_kind, q_slot, q_p, slot, num_given, TEMPORAL, WINDOWED,

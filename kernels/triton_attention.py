@@ -33,7 +33,7 @@ from .launch import MAX_GRID_Y, attention_output, device_guard
 from .layout import AttentionRule
 from .reference import check_window_inputs
 from .triton_common import (KERNEL_DTYPES, check_launch, online_softmax_update, resource_limits, round_to_bf16, tl,
-                            triton, upcast_bf16)
+                            target_arch, triton, upcast_bf16)
 
 HEAD_DIMS = (16, 32, 64, 128)
 """Head dims this kernel takes (one register tile of the whole head)."""
@@ -393,11 +393,11 @@ def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
     16, 32, 64 or 128; fp16, bf16 or fp32; CUDA tensors (CPU ones under ``TRITON_INTERPRET=1``).
 
     ``path``: ``"prefill"`` -- one program per ``block_m`` queries x (sequence, head) walking every key tile some
-    query of the block sees, ``block_m x block_n`` tiles (64 x 64 by default, 32 x 32 for fp32) on tensor cores --
-    or ``"decode"`` -- split-KV: one program per (query, sequence, head, split of its keys; :func:`decode_splits`),
-    the keys of a split enumerated from the rule (a stage-2 query's window cells, a causal prefix) ``block_n``
-    (32) at a time, only visible rows loaded, then one combine program per query. Default: decode up to
-    :data:`DECODE_MAX_QUERIES` queries per sequence (unless ``block_m`` is given), else prefill.
+    query of the block sees, ``block_m x block_n`` tiles (64 x 64 by default, 64 x 32 on sm_80, 32 x 32 for fp32)
+    on tensor cores -- or ``"decode"`` -- split-KV: one program per (query, sequence, head, split of its keys;
+    :func:`decode_splits`), the keys of a split enumerated from the rule (a stage-2 query's window cells, a causal
+    prefix) ``block_n`` (32) at a time, only visible rows loaded, then one combine program per query. Default:
+    decode up to :data:`DECODE_MAX_QUERIES` queries per sequence (unless ``block_m`` is given), else prefill.
 
     ``counts``: an int64 tensor of 4 on q's device, for benchmarks: the launch adds (K rows loaded, key lanes
     walked, programs launched, programs that walked a tile) -- rows loaded count every row a tile's K load
@@ -437,9 +437,9 @@ def _prefill(q, k, v, out, q_index, text_len, text_bias, rule, block_m, block_n,
     b, h, n_q, d = q.shape
     fp32 = q.dtype == torch.float32  # 3xTF32 dots: three products per tile and split operands, 32 x 32 tiles
     block_m = block_m or (32 if fp32 else 64)  # (with 64-row tiles the compiler spills, 64 x 16 included)
-    block_n = block_n or (32 if fp32 else 64)
-    if num_warps is None:  # 8 for the 64-row tiles: 4 warps held the 64 x 64 fp32 accumulator and spilled
-        num_warps = 8 if block_m >= 64 else 4
+    block_n = block_n or (32 if fp32 or target_arch() == 80 else 64)  # sm_80 spilled 64-key tiles (mma.sync)
+    if num_warps is None:  # 8 for the 64-row tiles (4 warps held the 64 x 64 fp32 accumulator and spilled) and
+        num_warps = 8 if block_m >= 64 or fp32 else 4  # for fp32's split operands (4 spilled with Triton 3.6)
     grid = (b * h, triton.cdiv(n_q, block_m))  # sequences x heads on the first axis: no 65535 limit there
     if grid[1] > MAX_GRID_Y:
         raise ValueError(f"{n_q} queries per sequence need {grid[1]} tiles of {block_m}, over CUDA's {MAX_GRID_Y} "

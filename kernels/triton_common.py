@@ -87,6 +87,14 @@ else:
     INTERPRETED = False
 
 
+def target_arch() -> int | None:
+    """The compute capability Triton compiles for now (``90`` on an H100/H200, ``80`` on an A100: the current
+    device's, which a launch's device guard has made q's), or None under the interpreter."""
+    if INTERPRETED or triton is None:
+        return None
+    return triton.runtime.driver.active.get_current_target().arch
+
+
 def upcast_bf16(dtype: torch.dtype) -> bool:
     """Whether a launch on ``dtype`` inputs takes the kernels' ``UPCAST`` branch: bf16 in the interpreter."""
     return INTERPRETED and dtype == torch.bfloat16

@@ -6,8 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
-if not torch.cuda.is_available():  # the Triton kernels run in the interpreter on CPU (set before triton loads)
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from helpers import specializations
+
+if not torch.cuda.is_available() and not specializations.COUNTING:  # the Triton kernels run in the interpreter on
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # CPU (set before triton loads)
+if specializations.COUNTING:  # count the specializations a GPU run would compile, compile nothing
+    specializations.install(os.environ[specializations.ENV])
+
+    def pytest_runtest_setup(item):
+        specializations.interpret_launches(item.get_closest_marker("gpu") is None)
 
 from helpers.golden import GOLDEN_DIR
 

@@ -1,5 +1,6 @@
 """One parametrised list of rule cases and the checking helpers shared by every kernel backend's tests."""
 
+import pytest
 import torch
 
 from cogvideo_engine.kernels.layout import AttentionRule
@@ -7,6 +8,12 @@ from cogvideo_engine.kernels.reference import window_attention
 from cogvideo_engine.kernels.rules import Pass, StreamLayout
 
 from .numerics import assert_fp_close
+from .specializations import COUNTING
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+"""Where the kernel tests put their tensors: the GPU where there is one, else the CPU (the interpreter)."""
+gpu = pytest.mark.skipif(not (torch.cuda.is_available() or COUNTING), reason="needs a CUDA device")
+"""The skip of a GPU-only test (it runs, kernel-less, when the tests count specializations)."""
 
 RULE_CASES = [(p, c, par) for p in Pass for c in ("spatial", "temporal") for par in (0, 1)
               if not (par == 1 and not (p is Pass.STAGE2 and c == "temporal"))]

@@ -15,18 +15,16 @@ from cogvideo_engine.kernels.layout import AttentionRule
 from cogvideo_engine.kernels.reference import rule_additive
 from cogvideo_engine.kernels.rules import FrameGeometry, Pass, StreamLayout
 
-from helpers.kernel_cases import (RULE_CASES, RULE_IDS, all_positions, assert_matches_reference, check, decode_queries,
-                          make_cache)
+from helpers.kernel_cases import (DEVICE, RULE_CASES, RULE_IDS, all_positions, assert_matches_reference, check,
+                                  decode_queries, gpu, make_cache)
 from helpers.models import SMALL_GEOMETRY
 
 triton_attention = pytest.importorskip("cogvideo_engine.kernels.triton_attention", reason="triton not installed")
 if triton_attention.triton is None:
     pytest.skip("triton is not installed", allow_module_level=True)
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 kernel = triton_attention.window_attention_triton
 decode = functools.partial(kernel, path="decode")
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 @pytest.mark.parametrize("pass_,channel,parity", RULE_CASES, ids=RULE_IDS)

@@ -13,15 +13,14 @@ import torch
 from cogvideo_engine.kernels import triton_common
 from cogvideo_engine.kernels.local_rules import DSR_GEOMETRY, LocalGeometry
 
+from helpers.kernel_cases import DEVICE, gpu
 from helpers.local_cases import LOCAL_GEOMETRIES, LOCAL_IDS, assert_local_matches_reference, check_local, make_inputs
 
 triton_local = pytest.importorskip("cogvideo_engine.kernels.triton_local_attention", reason="triton not installed")
 if triton_local.triton is None:
     pytest.skip("triton is not installed", allow_module_level=True)
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 kernel = triton_local.local_attention_triton
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 # (geometry, batch, heads): two frames x two heads where the interpreter is quick, fewer on the 30x30 frame
 _SIZES = {30: (1, 2)}
@@ -135,9 +134,8 @@ def test_gpu_every_geometry_every_dtype(geometry, dtype):
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("block_q", [16, 32, 64])
-@pytest.mark.parametrize("block_rows", [1, 2, 4])
-@pytest.mark.parametrize("d", [16, 64, 128])
+@pytest.mark.parametrize("block_q,block_rows", [(16, 4), (32, 1), (64, 2)])  # each value once: every pair of
+@pytest.mark.parametrize("d", [16, 64, 128])  # the 3 x 3 grid is one more compile the GPU check pays for
 def test_gpu_tiles_and_head_dims_released_geometry(block_q, block_rows, d):
     check_local(functools.partial(kernel, block_q=block_q, block_rows=block_rows), DSR_GEOMETRY, batch=1,
                 heads=2, d=d, dtype=torch.float16, device=DEVICE)

@@ -152,14 +152,15 @@ def decode_pass(runner: ModelRunner, cache: StaticCache, stage: Pass | str, num_
     cache.bind(layouts_for(model, pass_, [t.numel() for t in texts], num_targets))
     runner.prefill(cache, texts, StreamLayout.block_inputs(given, boi_id), torch.tensor(prefill_bias))
     step_bias = torch.tensor(step_bias)
+    device = runner.device  # the loop's index tensors are moved there once, here
     if guided:
-        cond, guider = torch.tensor(guided), torch.arange(batch, batch + len(guided))
-        alpha = torch.tensor([rows[i].guidance_alpha for i in guided], dtype=torch.float32)
+        cond, guider = torch.tensor(guided, device=device), torch.arange(batch, batch + len(guided), device=device)
+        alpha = torch.tensor([rows[i].guidance_alpha for i in guided], dtype=torch.float32, device=device)
     by_params: dict[PassSampling, list[int]] = {}
     for i, r in enumerate(rows):
         by_params.setdefault(r.params, []).append(i)
-    groups = [(params, torch.tensor(idx), [rows[i].key for i in idx]) for params, idx in by_params.items()]
-    on_device: dict = {}  # what the loop indexes device tensors with, moved there once (at the first step)
+    groups = [(params, torch.tensor(idx), torch.tensor(idx, device=device), [rows[i].key for i in idx])
+              for params, idx in by_params.items()]
     extra = None
     if len(texts) > batch:  # the guided rows' inputs: their conditional rows', the padding row 0's
         extra = torch.cat([torch.tensor(guided, dtype=torch.long), torch.zeros(len(texts) - batch - len(guided),
@@ -189,20 +190,15 @@ def decode_pass(runner: ModelRunner, cache: StaticCache, stage: Pass | str, num_
         if logits.is_cuda:  # the time inside the forward (the sampler waits for it anyway)
             torch.cuda.synchronize()
         forward += time.perf_counter() - t0
-        if not on_device:
-            on_device.update((i, idx.to(logits.device)) for i, (_, idx, _) in enumerate(groups))
-            if guided:
-                on_device.update(cond=cond.to(logits.device), guider=guider.to(logits.device),
-                                 alpha=alpha.to(logits.device)[:, None, None])
         main = logits[:batch]
         if guided:
             main = main.clone()
-            g = logits[on_device["guider"]]
-            main[on_device["cond"]] = g + (logits[on_device["cond"]] - g) * on_device["alpha"]
+            g = logits[guider]
+            main[cond] = g + (logits[cond] - g) * alpha[:, None, None]
         targets = [slot - layout.num_given for slot, _ in where]
         cells = torch.tensor(targets), torch.tensor([p for _, p in where])
-        for i, (params, idx, keys) in enumerate(groups):  # every position of the step in one draw, one transfer
-            step_logits = main[on_device[i]].flatten(0, 1)  # [rows x positions, vocab], row-major
+        for params, idx, idx_on_device, keys in groups:  # every position of the step in one draw, one transfer
+            step_logits = main[idx_on_device].flatten(0, 1)  # [rows x positions, vocab], row-major
             drawn = sampler.sample(step_logits, params, [k + cell for k in keys for cell in where]).cpu()
             tokens[idx[:, None], cells[0], cells[1]] = drawn.view(len(idx), len(where))
         if recorded is not None:

@@ -4,7 +4,7 @@ plus combine, and the DSR layer, bf16 and fp32, at the released shapes, through 
 JIT binder with a compile-only driver), in a subprocess without the interpreter. Each must compile, ask for no more
 shared memory than the target gives a block, multiply its tiles on tensor cores (the prefill and the DSR layer; the
 decode kernels are matrix-vector products): Hopper's wgmma on sm_90 in bf16, mma (3xTF32) in fp32; and spill nothing
-on sm_90 (the full table, every launch: ``bench/results/gpu-compile-*.json``)."""
+on either target (the full table, every launch: ``bench/results/gpu-compile-*.json``)."""
 
 import importlib.util
 import json
@@ -75,8 +75,7 @@ def test_triton_kernels_compile_for_sm90_and_sm80(tmp_path, triton):
         assert 0 < r["registers"] <= 255 and r["ptxas_registers"] == r["registers"], r
         assert r["dynamic_shared_bytes"] + r["static_shared_bytes"] <= r["shared_limit_bytes"], r
         assert r["spill_store_bytes"] is not None, r
-        if r["target"] == "sm_90":  # Hopper (the GPU this engine is tuned for): no spills; sm_80's stage-2
-            assert r["spill_store_bytes"] == r["spill_load_bytes"] == 0, r  # temporal prefill still spills ~1 KB
+        assert r["spill_store_bytes"] == r["spill_load_bytes"] == 0, r  # no spills on either target
         tiles = "prefill" in r["kernel"] or r["kernel"].startswith("local")
         if r["kernel"].endswith("fp32"):  # 3xTF32 on 32-row tiles: mma.sync (a warpgroup's wgmma needs 64 rows)
             assert r["mma"] == tiles and not r["wgmma"], r

@@ -7,23 +7,33 @@ front :class:`~cogvideo_engine.serving.async_engine.AsyncEngine` runs over an ``
     video.tokens   # [33, 400]   video.sr_tokens  # [33, 3600]   video.timings  # seconds per stage
 
 No global state: an ``Engine`` holds its models, tokenizer, decoder and sampler; requests carry their seeds.
+
+Tensor parallel: ``Engine.from_pretrained(root, tensor_parallel=N)`` (or ``Engine.default(tensor_parallel=N)``)
+starts ``N - 1`` worker processes -- spawned, one per GPU on CUDA (NCCL), or CPU processes (gloo) -- each holding
+1/N of both stage models; this process drives them and the outputs are the same ``VideoOutput`` s. A script
+that makes such an engine at import level needs the ``if __name__ == "__main__":`` guard (a spawned process
+imports the parent's main module). Under ``torchrun --nproc-per-node N`` every process calls the same
+``from_pretrained``: rank 0 returns the engine, the others serve it and exit when it closes. ``engine.close()``
+(or ``with Engine.from_pretrained(...) as engine:``) stops the workers.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from .checks import require_callable, require_token_tensor
+from .checks import require_callable, require_int, require_token_tensor
 from .generation.pipeline import STAGE1_FRAMES
 from .generation.sampler import ClusterSampler
-from .io.checkpoints import load_dsr_model, load_image_decoder, load_model
+from .io.checkpoints import load_dsr_model, load_image_decoder, load_model, read_model_config
 from .io.export import to_uint8
 from .io.tokenizer import TextTokenizer
 from .models.config import NUM_IMAGE_TOKENS
+from .parallel.sharding import check_tensor_parallel
 from .serving.core import EngineCore
 from .serving.types import AdmissionError, Cancelled, Checkpoint, Event, QueueFull, SamplingParams, VideoOutput
 
@@ -35,14 +45,17 @@ class Engine:
 
     def __init__(self, stage1_model, stage2_model, tokenizer: TextTokenizer, decoder, sampler: ClusterSampler,
                  backend: str | None = None, dsr_model=None, super_resolution_default: bool | None = None,
-                 offload_to: str | torch.device | None = None):
-        """``offload_to``: the models stay where they are (the CPU) and each moves there for its own stage."""
+                 offload_to: str | torch.device | None = None, tensor_parallel=None):
+        """``offload_to``: the models stay where they are (the CPU) and each moves there for its own stage.
+        ``tensor_parallel``: the :class:`~cogvideo_engine.parallel.group.TensorParallelGroup` the stage models
+        are shards of (:meth:`from_pretrained` makes it)."""
         self.stage1_model, self.stage2_model, self.dsr_model = stage1_model, stage2_model, dsr_model
         self.tokenizer, self.decoder, self.sampler = tokenizer, decoder, sampler
         self.backend = backend
         self.offload_to = torch.device(offload_to) if offload_to is not None else None
         self.super_resolution_default = dsr_model is not None if super_resolution_default is None else \
             super_resolution_default
+        self.tensor_parallel = tensor_parallel
         self._core: EngineCore | None = None
 
     @classmethod
@@ -52,7 +65,8 @@ class Engine:
                         dsr: str | Path | None = None, device: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32, backend: str | None = None,
                         super_resolution_default: bool | None = None,
-                        decoder_dtype: torch.dtype | None = None, offload: bool = False) -> Engine:
+                        decoder_dtype: torch.dtype | None = None, offload: bool = False,
+                        tensor_parallel: int = 1) -> Engine:
         """Load the assets; ``root`` laid out like the released folder (``cogvideo-stage1/``,
         ``cogvideo-stage2/``, ``cogview2-dsr/``, ``ice_text.model``, ``ice_image.pt``, ``cluster_label2.npy``)
         fills what is not given explicitly. ``stage2`` may be missing for stage-1-only use, ``dsr`` (the
@@ -61,7 +75,12 @@ class Engine:
         the VQ decoder's dtype (default ``dtype``; bf16 halves the CPU decode time of a 480x480 frame).
         ``offload``: keep the stage-1, stage-2 and DSR models in CPU memory and move each to ``device`` only for
         its stage, as the original pipeline does (one 7.7 B model on the GPU at a time, ~15 GB in bf16, plus
-        the runner's fused copies of the attention weights, instead of all three)."""
+        the runner's fused copies of the attention weights, instead of all three). ``tensor_parallel``: split
+        both stage models over this many ranks (see the module docstring; one of 1, 2, 4, 8, 16 for the released
+        model): on ``device="cuda"`` ranks use ``cuda:0..N-1`` (``CUDA_VISIBLE_DEVICES`` picks the GPUs), on the
+        CPU they are processes sharing its cores; the DSR model and the image decoder stay whole in this
+        process."""
+        require_int("tensor_parallel", tensor_parallel, minimum=1)
         root = Path(root) if root is not None else None
 
         def pick(explicit, name):
@@ -75,14 +94,27 @@ class Engine:
         dsr_path = Path(dsr) if dsr is not None else root / "cogview2-dsr" if root is not None else None
         if dsr is not None and not dsr_path.exists():
             raise FileNotFoundError(f"super-resolution checkpoint {dsr_path} does not exist")
+        stage1_path = pick(stage1, "cogvideo-stage1")
+        text_path, decoder_path = pick(text_model, "ice_text.model"), pick(image_decoder, "ice_image.pt")
+        labels_path = pick(cluster_labels, "cluster_label2.npy")
         home = "cpu" if offload else device  # where the big models live between stages
-        return cls(load_model(pick(stage1, "cogvideo-stage1"), dtype, home, stage=1),
-                   load_model(stage2_path, dtype, home, stage=2) if stage2_path.exists() else None,
-                   TextTokenizer(pick(text_model, "ice_text.model")),
-                   load_image_decoder(pick(image_decoder, "ice_image.pt"), decoder_dtype or dtype, device),
-                   ClusterSampler.from_file(pick(cluster_labels, "cluster_label2.npy")), backend,
-                   load_dsr_model(dsr_path, dtype, home) if dsr_path is not None and dsr_path.exists() else None,
-                   super_resolution_default, offload_to=device if offload else None)
+        group = None
+        if tensor_parallel != 1:
+            group, (model1, model2) = _start_tensor_parallel(tensor_parallel, stage1_path, stage2_path, device,
+                                                              dtype, offload)
+        else:
+            model1 = load_model(stage1_path, dtype, home, stage=1)
+            model2 = load_model(stage2_path, dtype, home, stage=2) if stage2_path.exists() else None
+        try:
+            return cls(model1, model2, TextTokenizer(text_path),
+                       load_image_decoder(decoder_path, decoder_dtype or dtype, device),
+                       ClusterSampler.from_file(labels_path), backend,
+                       load_dsr_model(dsr_path, dtype, home) if dsr_path is not None and dsr_path.exists() else None,
+                       super_resolution_default, offload_to=device if offload else None, tensor_parallel=group)
+        except BaseException:
+            if group is not None:
+                group.close()
+            raise
 
     @classmethod
     def default(cls, **kwargs) -> Engine:
@@ -94,6 +126,18 @@ class Engine:
 
         kwargs.setdefault("super_resolution_default", kwargs.get("dsr") is not None)
         return cls.from_pretrained(default_assets_root(), **kwargs)
+
+    def close(self) -> None:
+        """Stop the tensor-parallel workers (idempotent; a no-op for a one-process engine). The engine cannot
+        generate afterwards."""
+        if self.tensor_parallel is not None:
+            self.tensor_parallel.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[F, 400]`` (or ``[F, 3600]``) tokens -> uint8 frames ``[F, 160, 160, 3]`` (``[F, 480, 480, 3]``),
@@ -217,6 +261,28 @@ class Engine:
                                  shape=(per_prompt[0].num_samples, STAGE1_FRAMES, frame_len))
         resumes = [self.core.check(prompt, p, resume) for prompt, p in zip(prompts, per_prompt, strict=True)]
         return prompts, per_prompt, resumes
+
+
+def _start_tensor_parallel(world: int, stage1: Path, stage2: Path, device, dtype: torch.dtype, offload: bool):
+    """The ranks of a tensor-parallel engine and this process's shards ``(stage 1, stage 2 or None)``: spawned
+    workers, or under ``torchrun`` the job's processes (ranks > 0 serve the driver and exit in here)."""
+    from .parallel import group as tp
+
+    config, _ = read_model_config(stage1, stage=1)
+    check_tensor_parallel(config, world)
+    if stage2.exists():
+        check_tensor_parallel(read_model_config(stage2, stage=2)[0], world)
+    if offload:
+        raise ValueError("offload moves whole models between stages; tensor_parallel keeps each rank's shard "
+                         "resident (use one or the other)")
+    device = torch.device(device)
+    if device.type not in ("cpu", "cuda") or device.index not in (None, 0):
+        raise ValueError(f"tensor_parallel runs on 'cpu' or 'cuda' (ranks on cuda:0..N-1; CUDA_VISIBLE_DEVICES "
+                         f"picks the GPUs), not {str(device)!r}")
+    sources = tp.source_paths(stage1, stage2 if stage2.exists() else None)
+    start = tp.join_torchrun if "WORLD_SIZE" in os.environ and "RANK" in os.environ else tp.launch
+    group, models = start(world, device.type, sources, dtype)
+    return group, (models["stage1"], models.get("stage2"))
 
 
 __all__ = ["AdmissionError", "Cancelled", "Checkpoint", "Engine", "Event", "QueueFull", "SamplingParams",

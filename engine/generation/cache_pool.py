@@ -59,9 +59,11 @@ class CachePool:
         return self.budget_bytes
 
     @staticmethod
-    def bytes_per_row(cfg: ModelConfig, dtype: torch.dtype, pass_: Pass, num_targets: int) -> int:
-        """Bytes of one cache row of ``pass_`` for a model of ``cfg`` in ``dtype``."""
-        return cache_bytes_per_row(cfg, cfg.layout(pass_, 1, num_targets), text_capacity(cfg, pass_), dtype)
+    def bytes_per_row(cfg: ModelConfig, dtype: torch.dtype, pass_: Pass, num_targets: int,
+                      heads: int | None = None) -> int:
+        """Bytes of one cache row of ``pass_`` for a model of ``cfg`` in ``dtype`` with ``heads`` heads (default:
+        all; a tensor-parallel rank holds its share)."""
+        return cache_bytes_per_row(cfg, cfg.layout(pass_, 1, num_targets), text_capacity(cfg, pass_), dtype, heads)
 
     @property
     def nbytes(self) -> int:
@@ -81,11 +83,10 @@ class CachePool:
             del self._caches[key]
         capacity = row_budget if runner.cuda_graphs else min(row_budget, 1 << (rows - 1).bit_length())
         cfg = runner.model.config
-        need = capacity * self.bytes_per_row(cfg, runner.dtype, pass_, num_targets)
+        need = capacity * self.bytes_per_row(cfg, runner.dtype, pass_, num_targets, runner.heads)
         while self._caches and self.nbytes + need > self.budget(runner.device):
             self._caches.popitem(last=False)  # the least recently used idle cache
-        cache = StaticCache(cfg, cfg.layout(pass_, 1, num_targets), text_capacity(cfg, pass_), capacity,
-                            runner.dtype, runner.device)
+        cache = runner.allocate_cache(cfg.layout(pass_, 1, num_targets), text_capacity(cfg, pass_), capacity)
         self.allocations += 1
         self._caches[key] = cache
         return cache

@@ -13,6 +13,12 @@ What the reference model computes (:mod:`cogvideo_engine.models.cogvideo`), arra
 * on CPU in fp32 the linear layers run the batch-invariant kernel (``kernels.batch_invariant``): a row's
   outputs are bit-identical whatever else shares the forward, so batching requests changes no token;
 * attention goes through a backend by name (``reference``, ``triton``, ``cpu``, ``cuda``);
+* a model shard (:mod:`cogvideo_engine.parallel`: 1/N of the heads of both channels, of the MLP and of the
+  logits head) runs the same forward on its heads; each layer's attention output (both channels' partial
+  products, mixed before the reduce) and its MLP output are summed over the ranks by one all-reduce each, their
+  biases added once after it, and the logits' vocabulary slices are all-gathered. On the driver rank every
+  cache made, prefill and step is first sent to the other ranks, which repeat it on their shards
+  (:mod:`cogvideo_engine.parallel.group`);
 * a forward takes its position ids from one table (base rows below the extra table's start, then the extra
   rows) by plain indexing, and nothing in it waits for the host, so on CUDA a decode step is captured once
   per cache and number of positions as a CUDA graph and replayed (:class:`DecodeGraphs`).
@@ -39,6 +45,7 @@ from cogvideo_engine.kernels.rules import Pass, StreamLayout
 from ..models.cogvideo import CogVideoModel
 from ..models.config import NUM_IMAGE_TOKENS, ModelConfig
 from ..models.layers import gelu_tanh
+from ..parallel.sharding import shard_of
 
 SMALL_ROWS = 8
 GRAPH_SAFE_BACKENDS = ("triton", "cuda")  # backends with no host synchronisation inside (CUDA-graph capturable)
@@ -64,10 +71,13 @@ def graphs_by_default(device: torch.device | str, backend=None) -> bool:
     return (default_backend(device) if backend in (None, "auto") else backend) in GRAPH_SAFE_BACKENDS
 
 
-def batch_invariance_status(device: torch.device | str, dtype: torch.dtype) -> tuple[bool, str]:
-    """Whether decode forwards on ``device`` in ``dtype`` are batch-invariant here (a row's logits bit-identical
-    whatever shares its forward), and why (not)."""
+def batch_invariance_status(device: torch.device | str, dtype: torch.dtype, world: int = 1) -> tuple[bool, str]:
+    """Whether decode forwards on ``device`` in ``dtype`` over ``world`` tensor-parallel ranks are
+    batch-invariant here (a row's logits bit-identical whatever shares its forward), and why (not)."""
     device = torch.device(device)
+    if world > 2:
+        return False, (f"an all-reduce over {world} ranks sums each element in an order that depends on where it "
+                       "falls in the reduced tensor's chunks, so on the batch's size")
     if device.type != "cpu":
         return False, (f"on {device.type} the linear layers use the vendor BLAS; rows are padded to the cache's "
                        "capacity (one shape per cache), which cuBLAS computes the same way for every row position")
@@ -88,7 +98,8 @@ class _LayerWeights:
 
 class StaticCache:
     """K/V of both channels for up to ``capacity`` rows, ``[layers, capacity, rows + 1, H, d]`` per channel and
-    K/V, allocated once (zeros) and re-bound to the rows of each batch it serves (:meth:`bind`).
+    K/V (``H = heads``: the model's, or a tensor-parallel rank's share), allocated once (zeros) and re-bound to
+    the rows of each batch it serves (:meth:`bind`).
 
     Row ``text_capacity + frame_len * slot + p`` holds slot ``slot``, block position ``p``; text token ``j``
     of batch row ``b`` sits at row ``j`` (rows ``text_len[b]..text_capacity-1`` unused). The extra last row
@@ -97,7 +108,8 @@ class StaticCache:
     below its own text length, the given frames (prefilled) and target positions fed before it.
     """
 
-    def __init__(self, cfg: ModelConfig, layout: StreamLayout, text_capacity: int, capacity: int, dtype, device):
+    def __init__(self, cfg: ModelConfig, layout: StreamLayout, text_capacity: int, capacity: int, dtype, device,
+                 heads: int | None = None):
         self.pass_, self.num_targets = layout.pass_, layout.num_targets
         self.geometry, self.stage1_windowed = layout.geometry, layout.stage1_windowed
         self.text_capacity, self.capacity = text_capacity, capacity
@@ -105,7 +117,7 @@ class StaticCache:
             raise ValueError(f"text length {layout.text_len} exceeds the cache's text capacity {text_capacity}")
         self.rules = AttentionRule.launch_rules(layout, text_capacity)
         rows = self.rules[SPATIAL, 0].cache_len
-        shape = (cfg.num_layers, capacity, rows + 1, cfg.num_attention_heads, cfg.head_dim)
+        shape = (cfg.num_layers, capacity, rows + 1, heads or cfg.num_attention_heads, cfg.head_dim)
         channels = 2 if layout.pass_.mixes_temporal else 1
         self._k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(channels)]
         self._v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(channels)]
@@ -113,6 +125,7 @@ class StaticCache:
         self.scratch_row = rows
         self.graphs: DecodeGraphs | None = None  # the CUDA graphs of this cache's steps, while it lives
         self.frame_offsets: dict[tuple, torch.Tensor] = {}  # positions fed -> their frame offsets, on the device
+        self.tp_id: int | None = None  # on a tensor-parallel driver: the id of the workers' mirrors
         self.bind([layout])
 
     @property
@@ -159,19 +172,23 @@ class StaticCache:
                 self.v[channel][layer_id].transpose(1, 2)[:, :, :-1])
 
 
-def cache_bytes_per_row(cfg: ModelConfig, layout: StreamLayout, text_capacity: int, dtype: torch.dtype) -> int:
-    """Bytes one row of a :class:`StaticCache` for ``layout``'s pass takes (both channels where mixed, K and V)."""
+def cache_bytes_per_row(cfg: ModelConfig, layout: StreamLayout, text_capacity: int, dtype: torch.dtype,
+                        heads: int | None = None) -> int:
+    """Bytes one row of a :class:`StaticCache` for ``layout``'s pass takes (both channels where mixed, K and V),
+    with ``heads`` heads (default: all of the model's)."""
     rows = AttentionRule.launch_rules(layout, text_capacity)[SPATIAL, 0].cache_len + 1
     channels = 2 if layout.pass_.mixes_temporal else 1
-    return 2 * channels * cfg.num_layers * rows * cfg.hidden_size * torch.empty(0, dtype=dtype).element_size()
+    width = (heads or cfg.num_attention_heads) * cfg.head_dim
+    return 2 * channels * cfg.num_layers * rows * width * torch.empty(0, dtype=dtype).element_size()
 
 
 def weight_bytes(model: CogVideoModel) -> int:
-    """Bytes a decode step must read: every layer's weights and the 20000-row logits head, which the runner
-    keeps in fp32 as the logits are computed in fp32 (the embedding lookup reads only a few rows)."""
+    """Bytes a decode step must read (on this rank, for a tensor-parallel shard): every layer's weights and the
+    logits head's 20000 rows (a shard's share of them), which the runner keeps in fp32 as the logits are
+    computed in fp32 (the embedding lookup reads only a few rows)."""
     layers = sum(p.numel() * p.element_size() for p in model.transformer.layers.parameters())
     plus = sum(p.numel() * p.element_size() for p in model.mixins["attention_plus"].parameters())
-    return layers + plus + NUM_IMAGE_TOKENS * model.config.hidden_size * 4
+    return layers + plus + NUM_IMAGE_TOKENS // shard_of(model).world * model.config.hidden_size * 4
 
 
 class ModelRunner:
@@ -186,9 +203,18 @@ class ModelRunner:
         of ``kernels.reference.window_attention`` (e.g. a benchmark's baseline). ``cuda_graphs``: replay decode
         steps as CUDA graphs (None: on CUDA with a fused backend, ``triton`` or ``cuda``). ``batch_invariant``:
         decode forwards with the batch-invariant linear kernel (None: where :func:`batch_invariance_status`
-        says it applies -- CPU, fp32, the extension built; True where it does not is an error)."""
+        says it applies -- CPU, fp32, the extension built; True where it does not is an error).
+
+        A tensor-parallel shard (:func:`~cogvideo_engine.parallel.sharding.load_model_shard`, bound to its
+        group) runs its heads; on the driver rank the runner is mirrored on the other ranks (the backend must be
+        a name there)."""
         self.model = model
         cfg = model.config
+        self.shard = shard_of(model)
+        self.tp = getattr(model, "tensor_parallel", None) if self.shard.world > 1 else None
+        if self.shard.world > 1 and self.tp is None:
+            raise ValueError("a tensor-parallel model shard runs inside its group (Engine.from_pretrained(..., "
+                             "tensor_parallel=N) binds it)")
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         if cuda_graphs is None:
@@ -196,7 +222,7 @@ class ModelRunner:
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs needs a model on a CUDA device")
         self.cuda_graphs = cuda_graphs
-        possible, why = batch_invariance_status(self.device, self.dtype)
+        possible, why = batch_invariance_status(self.device, self.dtype, self.shard.world)
         if batch_invariant and not possible:
             raise ValueError(f"batch_invariant needs the fp32 CPU kernel: {why}")
         self.batch_invariant = possible if batch_invariant is None else batch_invariant
@@ -217,15 +243,19 @@ class ModelRunner:
                     mixed_out_w=torch.cat([alpha[:, None] * base_w.to(wide), (1 - alpha)[:, None] * plus_w.to(wide)],
                                           dim=1).to(p.dtype),
                     mixed_out_b=(alpha * base_b.to(wide) + (1 - alpha) * plus_b.to(wide)).to(p.dtype)))
-        self.hidden = cfg.hidden_size
-        self.heads = cfg.num_attention_heads
+        self.heads = cfg.num_attention_heads // self.shard.world  # this rank's heads (all of them at world 1)
         self.head_dim = cfg.head_dim
-        # the wide logits head (tied to the image-token embeddings), converted once instead of at every step
-        self.logits_head = model.transformer.word_embeddings.weight[:NUM_IMAGE_TOKENS].to(wide)
+        self.local_hidden = self.heads * self.head_dim  # the width of this rank's q, k, v and attention contexts
+        # the wide logits head (tied to the image-token embeddings; a shard's slice of the image tokens), converted
+        # once instead of at every step
+        head_rows = model.transformer.word_embeddings.weight[:NUM_IMAGE_TOKENS][self.shard.part(NUM_IMAGE_TOKENS)]
+        self.logits_head = head_rows.to(wide)
         start = cfg.geometry.extra_table_start  # position id -> row of [base[:start] | extra]
         self.position_table = torch.cat([model.transformer.position_embeddings.weight[:start],
                                          model.mixins["extra_position_embedding"].position_embeddings.weight])
         ModelRunner.fusions += 1
+        self.last_logits: torch.Tensor | None = None  # a tensor-parallel forward's gathered logits (for checks)
+        self.tp_id = self.tp.mirror_runner(self) if self.tp is not None and self.tp.is_driver else None
 
     def follow_model(self) -> None:
         """After the model moved (``model.to(device)``, offload): move the runner's own fused copies with it
@@ -248,9 +278,26 @@ class ModelRunner:
         with room for ``capacity`` rows (default: these) of up to ``text_capacity`` text tokens (default: the
         longest of these)."""
         text_capacity = max(lay.text_len for lay in layouts) if text_capacity is None else text_capacity
-        cache = StaticCache(self.model.config, layouts[0], text_capacity, capacity or len(layouts), self.dtype,
-                            self.device)
-        return cache.bind(layouts)
+        return self.allocate_cache(layouts[0], text_capacity, capacity or len(layouts)).bind(layouts)
+
+    def allocate_cache(self, layout: StreamLayout, text_capacity: int, capacity: int) -> StaticCache:
+        """A :class:`StaticCache` of this runner's heads for ``layout``'s pass (``capacity`` rows of up to
+        ``text_capacity`` text tokens), bound to ``layout``; on a tensor-parallel driver, mirrored on the other
+        ranks. Every cache this runner feeds is made here."""
+        cache = StaticCache(self.model.config, layout, text_capacity, capacity, self.dtype, self.device,
+                            heads=self.heads)
+        if self.tp_id is not None:
+            cache.tp_id = self.tp.mirror_cache(self, cache, layout, text_capacity, capacity)
+        return cache
+
+    def _announce(self, op: str, cache: StaticCache, *args) -> None:
+        """On a tensor-parallel driver: tell the other ranks to run ``op`` on their mirrors of this runner and
+        ``cache`` (host tensors travel: they are the same inputs on every rank)."""
+        if self.tp_id is None:
+            return
+        if cache.tp_id is None:
+            raise ValueError("this cache was not made by a tensor-parallel runner (ModelRunner.allocate_cache)")
+        self.tp.send(op, self.tp_id, cache.tp_id, *[a.cpu() if isinstance(a, torch.Tensor) else a for a in args])
 
     # -- inputs -------------------------------------------------------------------------------------------
 
@@ -276,6 +323,7 @@ class ModelRunner:
         Each row is prefilled on its own (its text unpadded): a prefill is thousands of rows, where the BLAS
         picks its algorithm by shape, so a row's cache must not depend on the batch it shares.
         """
+        self._announce("prefill", cache, cache.layouts, [t.cpu() for t in text_ids], given_ids, text_bias, logits)
         n_given, frame_len = given_ids.shape[1], cache.layouts[0].geometry.frame_len
         longest = max(t.numel() for t in text_ids)
         out = None
@@ -297,6 +345,7 @@ class ModelRunner:
     def step(self, cache: StaticCache, positions: list[tuple[int, int]], input_ids: torch.Tensor,
              text_bias: torch.Tensor) -> torch.Tensor:
         """Feed frame positions (the same for every row) with ``input_ids [B, n]``; logits ``[B, n, V]``."""
+        self._announce("step", cache, positions, input_ids, text_bias, False)
         return self._forward(cache, *self.step_inputs(cache, positions, input_ids, text_bias), True,
                              invariant=self.batch_invariant)
 
@@ -313,7 +362,14 @@ class ModelRunner:
             return lambda positions, input_ids, text_bias: self.step(cache, positions, input_ids, text_bias)
         if cache.graphs is None or cache.graphs.runner is not self:
             cache.graphs = DecodeGraphs(self, cache)
-        return cache.graphs.step
+        if self.tp_id is None:
+            return cache.graphs.step
+
+        def replay(positions, input_ids, text_bias):  # every rank captures and replays its own graphs in step
+            self._announce("step", cache, positions, input_ids, text_bias, True)
+            return cache.graphs.step(positions, input_ids, text_bias)
+
+        return replay
 
     @staticmethod
     def position_ids(cache: StaticCache, q_index: torch.Tensor) -> torch.Tensor:
@@ -347,7 +403,8 @@ class ModelRunner:
         meta = (q_index, cache.text_len, text_bias)
 
         x = model.transformer.word_embeddings(ids) + self.position_table[position]
-        h = self.hidden
+        tp = self.tp
+        h = self.local_hidden
         channels = 2 if cache.pass_.mixes_temporal else 1
         for layer_id, (layer, w) in enumerate(zip(model.transformer.layers, self.layers, strict=True)):
             a = layer.input_layernorm(x)
@@ -362,18 +419,32 @@ class ModelRunner:
                 ctx = self.attend(q.view(b, n, self.heads, self.head_dim).transpose(1, 2), k_all, v_all, *meta,
                                   cache.rule(name, layer_id))
                 contexts.append(ctx.transpose(1, 2).reshape(b, n, h))
-            out = linear(contexts[0], w.base_out_w, w.base_out_b)
-            if channels == 2:
-                mixed = linear(torch.cat(contexts, dim=-1), w.mixed_out_w, w.mixed_out_b)
-                out = torch.where(mixes, mixed, out)
+            if tp is None:
+                out = linear(contexts[0], w.base_out_w, w.base_out_b)
+                if channels == 2:
+                    mixed = linear(torch.cat(contexts, dim=-1), w.mixed_out_w, w.mixed_out_b)
+                    out = torch.where(mixes, mixed, out)
+            else:  # partial sums of this rank's heads, mixed, reduced once; the (whole) biases added after
+                out = linear(contexts[0], w.base_out_w)
+                bias = w.base_out_b
+                if channels == 2:
+                    out = torch.where(mixes, linear(torch.cat(contexts, dim=-1), w.mixed_out_w), out)
+                    bias = torch.where(mixes, w.mixed_out_b, w.base_out_b)
+                out = tp.all_reduce(out) + bias
             x = x + layer.third_layernorm(out)
             m = layer.post_attention_layernorm(x)
             up = linear(m, layer.mlp.dense_h_to_4h.weight, layer.mlp.dense_h_to_4h.bias)
-            x = x + layer.fourth_layernorm(linear(gelu_tanh(up), layer.mlp.dense_4h_to_h.weight,
-                                                   layer.mlp.dense_4h_to_h.bias))
+            down_bias = layer.mlp.dense_4h_to_h.bias
+            down = linear(gelu_tanh(up), layer.mlp.dense_4h_to_h.weight, None if tp is not None else down_bias)
+            if tp is not None:
+                down = tp.all_reduce(down) + down_bias
+            x = x + layer.fourth_layernorm(down)
         if not want_logits:
             return None
-        return linear(model.transformer.final_layernorm(x).to(self.logits_head.dtype), self.logits_head)
+        logits = linear(model.transformer.final_layernorm(x).to(self.logits_head.dtype), self.logits_head)
+        if tp is not None:
+            logits = self.last_logits = tp.gather_last(logits)
+        return logits
 
 
 class DecodeGraphs:

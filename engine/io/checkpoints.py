@@ -54,6 +54,25 @@ def read_sat_config(directory: str | os.PathLike) -> tuple[ModelConfig, dict]:
         raise CheckpointError(f"{file}: {e}") from None
 
 
+def read_model_config(path: str | os.PathLike, *, stage: int | None = None) -> tuple[ModelConfig, str]:
+    """The config of the CogVideo stage model in directory ``path`` and its format: ``"converted"``
+    (``config.json`` + ``model.safetensors``) or ``"sat"`` (the released layout). ``stage``: if given, the
+    checkpoint's stage must equal it. Reads no weights; raises :class:`CheckpointError` naming the problem."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory {path} does not exist")
+    if (path / CONVERTED_CONFIG).is_file():
+        config, fmt = _read_converted_config(path), "converted"
+    elif (path / SAT_TRACKER).is_file() or (path / SAT_CONFIG).is_file():
+        config, fmt = read_sat_config(path)[0], "sat"
+    else:
+        raise CheckpointError(f"{path} is neither a SwissArmyTransformer checkpoint ('{SAT_TRACKER}' + "
+                              f"'{SAT_CONFIG}') nor a converted one ('{CONVERTED_CONFIG}' + '{CONVERTED_WEIGHTS}')")
+    if stage is not None and config.stage != stage:
+        raise CheckpointError(f"{path} holds the stage-{config.stage} model, but stage {stage} was asked for")
+    return config, fmt
+
+
 def load_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                *, stage: int | None = None) -> CogVideoModel:
     """Load a CogVideo stage model from a SAT checkpoint directory or a converted directory.
@@ -63,28 +82,29 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32, devi
     :class:`CheckpointError` with a message naming the problem.
     """
     path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint directory {path} does not exist")
-    if (path / CONVERTED_CONFIG).is_file():
-        config, state, source = _read_converted(path)
-    elif (path / SAT_TRACKER).is_file() or (path / SAT_CONFIG).is_file():
-        config, _ = read_sat_config(path)
-        state, source = read_sat_state_dict(path), str(sat_checkpoint_file(path))
+    config, fmt = read_model_config(path, stage=stage)
+    if fmt == "converted":
+        _, state, source = _read_converted(path)
     else:
-        raise CheckpointError(f"{path} is neither a SwissArmyTransformer checkpoint ('{SAT_TRACKER}' + "
-                              f"'{SAT_CONFIG}') nor a converted one ('{CONVERTED_CONFIG}' + '{CONVERTED_WEIGHTS}')")
-    if stage is not None and config.stage != stage:
-        raise CheckpointError(f"{path} holds the stage-{config.stage} model, but stage {stage} was asked for")
+        state, source = read_sat_state_dict(path), str(sat_checkpoint_file(path))
     return build_from_state(lambda: CogVideoModel(config), state, source, dtype, device)
+
+
+def _read_converted_config(path: Path) -> ModelConfig:
+    meta = json.loads((path / CONVERTED_CONFIG).read_text())
+    if meta.get("format") != CONVERTED_FORMAT:
+        raise CheckpointError(f"{path / CONVERTED_CONFIG} is not a {CONVERTED_FORMAT} config")
+    try:
+        return ModelConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / CONVERTED_CONFIG} has an invalid config: {e}") from None
 
 
 def _read_converted(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], str]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    meta = json.loads((path / CONVERTED_CONFIG).read_text())
-    if meta.get("format") != CONVERTED_FORMAT:
-        raise CheckpointError(f"{path / CONVERTED_CONFIG} is not a {CONVERTED_FORMAT} config")
+    config = _read_converted_config(path)
     weights = path / CONVERTED_WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"{weights} does not exist")
@@ -92,10 +112,6 @@ def _read_converted(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], s
         state = load_file(weights)
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{weights} is truncated or corrupted ({e})") from None
-    try:
-        config = ModelConfig.from_dict(meta["config"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path / CONVERTED_CONFIG} has an invalid config: {e}") from None
     return config, state, str(weights)
 
 

@@ -116,6 +116,10 @@ class CogVideoModel(nn.Module):
 
     def new_cache(self, layout: StreamLayout, batch_size: int) -> KVCache:
         p = next(self.parameters())
+        shard = getattr(self, "shard", None)
+        if shard is not None and shard.world > 1:
+            raise ValueError("a tensor-parallel shard runs through the ModelRunner only; the reference forward "
+                             "(extend, scoring) needs the whole model (load_model)")
         if layout.geometry != self.config.geometry:
             raise ValueError(f"layout geometry {layout.geometry} differs from the model's {self.config.geometry}")
         if layout.stage1_windowed != (self.config.stage1_windowed and layout.pass_ is Pass.STAGE1):

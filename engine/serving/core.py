@@ -41,6 +41,7 @@ from ..generation.runner import ModelRunner, graphs_by_default, weight_bytes
 from ..generation.settings import MAX_BATCH
 from ..generation.super_resolution import super_resolve
 from ..models.config import NUM_IMAGE_TOKENS
+from ..parallel.sharding import shard_of
 from ..generation.scheduler import schedule as make_schedule
 from .request import NUM_ROUNDS, PASS_TARGETS, Request, Unit, WorkKind
 from .types import AdmissionError, Cancelled, Checkpoint, Event, QueueFull, SamplingParams, VideoOutput
@@ -193,8 +194,9 @@ class EngineCore:
     def _row_bytes(self, kind: WorkKind) -> int:
         if kind not in self._row_bytes_of:
             model = self._model(kind)
-            self._row_bytes_of[kind] = self.pool.bytes_per_row(model.config, _dtype(model), kind.pass_,
-                                                               PASS_TARGETS[kind])
+            self._row_bytes_of[kind] = self.pool.bytes_per_row(
+                model.config, _dtype(model), kind.pass_, PASS_TARGETS[kind],
+                model.config.num_attention_heads // shard_of(model).world)
         return self._row_bytes_of[kind]
 
     def _device(self, model) -> torch.device:

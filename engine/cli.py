@@ -81,7 +81,8 @@ def _load_engine(args):
 
     kwargs = dict(device=args.device, dtype=DTYPES[args.dtype],
                   decoder_dtype=DTYPES[args.decoder_dtype] if args.decoder_dtype else None, offload=args.offload,
-                  backend=None if args.backend == "auto" else args.backend, dsr=args.dsr)
+                  backend=None if args.backend == "auto" else args.backend, dsr=args.dsr,
+                  tensor_parallel=args.tensor_parallel)
     if args.model_root:
         return Engine.from_pretrained(args.model_root, **kwargs)
     print("using the embedded default model: tiny, RANDOM weights (the output is noise, not a video of the "
@@ -154,6 +155,7 @@ def cmd_generate(args) -> int:
     finally:
         for bar in bars.values():
             bar.close()
+        engine.close()
     out = Path(args.output)
     for i, video in enumerate(videos):
         stem = out if len(videos) == 1 else out.with_name(f"{out.stem}-{i:03d}{out.suffix}")
@@ -194,6 +196,9 @@ def _add_engine_args(g: argparse.ArgumentParser):
                    help="the VQ decoder's dtype (default: --dtype); bf16 halves CPU decoding of 480x480 frames")
     g.add_argument("--device", default="cpu")
     g.add_argument("--backend", default="auto")
+    g.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+                   help="split both stage models over N ranks: spawned processes, one GPU each on --device cuda "
+                        "(NCCL), CPU processes otherwise (gloo); under torchrun, its processes (default 1)")
 
 
 def _add_generate_args(g: argparse.ArgumentParser, default_profile: str | None = None):

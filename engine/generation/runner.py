@@ -297,7 +297,12 @@ class ModelRunner:
             return
         if cache.tp_id is None:
             raise ValueError("this cache was not made by a tensor-parallel runner (ModelRunner.allocate_cache)")
-        self.tp.send(op, self.tp_id, cache.tp_id, *[a.cpu() if isinstance(a, torch.Tensor) else a for a in args])
+        def host(a):
+            if isinstance(a, list):
+                return [host(x) for x in a]
+            return a.cpu() if isinstance(a, torch.Tensor) else a
+
+        self.tp.send(op, self.tp_id, cache.tp_id, *[host(a) for a in args])
 
     # -- inputs -------------------------------------------------------------------------------------------
 
@@ -323,7 +328,7 @@ class ModelRunner:
         Each row is prefilled on its own (its text unpadded): a prefill is thousands of rows, where the BLAS
         picks its algorithm by shape, so a row's cache must not depend on the batch it shares.
         """
-        self._announce("prefill", cache, cache.layouts, [t.cpu() for t in text_ids], given_ids, text_bias, logits)
+        self._announce("prefill", cache, cache.layouts, text_ids, given_ids, text_bias, logits)
         n_given, frame_len = given_ids.shape[1], cache.layouts[0].geometry.frame_len
         longest = max(t.numel() for t in text_ids)
         out = None

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import hmac
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib import resources
 
 from starlette.applications import Starlette
@@ -126,16 +126,18 @@ async def _create_body(request: Request) -> tuple[dict, bool]:
 def create_app(load_engine: Callable[[], object], store: str, *, api_key: str | None = None,
                model_id: str = "cogvideo", max_queued: int = 64, retention_s: float | None = 24 * 3600.0,
                shutdown_timeout_s: float = 30.0, max_body_bytes: int = MAX_BODY_BYTES,
-               async_engine_kwargs: dict | None = None):
+               async_engine_kwargs: dict | None = None, connect: Callable[[], Awaitable[object]] | None = None):
     """The ASGI app. ``load_engine()`` makes the :class:`~cogvideo_engine.api.Engine` (called in a worker thread
     at start; ``/health`` says 503 until it returns); ``store``: the job-store folder. The other arguments: see
-    :class:`~.jobs.JobManager`; ``async_engine_kwargs`` go to the :class:`~cogvideo_engine.AsyncEngine`."""
+    :class:`~.jobs.JobManager`; ``async_engine_kwargs`` go to the :class:`~cogvideo_engine.AsyncEngine`.
+    ``connect`` (instead of ``load_engine``): awaited at start for the engine client of engines elsewhere (the
+    Ray Serve replicas of :mod:`.ray_app`)."""
     manager = JobManager(JobStore(store), model_id=model_id, max_queued=max_queued, retention_s=retention_s,
                          shutdown_timeout_s=shutdown_timeout_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        starting = asyncio.get_running_loop().create_task(manager.start(load_engine,
+        starting = asyncio.get_running_loop().create_task(manager.start(load_engine, connect=connect,
                                                                        async_engine_kwargs=async_engine_kwargs))
         try:
             yield

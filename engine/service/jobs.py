@@ -10,6 +10,14 @@ job at a time in its own order. A job's life:
       completed -> tokens, GIF (and MP4 where imageio-ffmpeg is installed), thumbnail written -> completed
       failed / cancelled -> recorded;  DELETE -> aborted for real, record and files removed
 
+The manager reaches the engine through an *engine client*: :class:`LocalEngine` (an
+:class:`~cogvideo_engine.AsyncEngine` in this process) or, under Ray Serve, a client of the engine replicas
+(:mod:`.ray_app`). A client has ``frame_len`` and ``super_resolution_default``, ``async check(prompt, params)``
+(raises as :meth:`~cogvideo_engine.serving.core.EngineCore.check`), ``async submit(prompt, params, request_id,
+resume, checked)`` (a handle with ``totals``, ``resumed`` and its events by ``async for``; aborting a request sends
+its "cancelled" event), ``abort(request_id)``, ``metrics()`` (a dict, or None), ``observe_steps(fn)`` and
+``async shutdown()``.
+
 A server that starts on a store with unfinished jobs resubmits them, each from its last checkpoint (the serving
 core resumes with the same randomness keys, so the video is the one an uninterrupted run makes). Jobs cut short by
 a shutdown stay unfinished in the store for the next start.
@@ -25,7 +33,7 @@ import io
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -164,6 +172,34 @@ class Job:
         return min(99, math.floor(100 * done / total)) if total else 0
 
 
+class LocalEngine:
+    """The engine client (see the module docstring) of an :class:`~cogvideo_engine.AsyncEngine` in this process."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.frame_len = engine.engine.stage1_model.config.geometry.frame_len
+        self.super_resolution_default = engine.engine.super_resolution_default
+
+    async def check(self, prompt: str, params: SamplingParams) -> None:
+        self.engine.core.check(prompt, params)
+
+    async def submit(self, prompt: str, params: SamplingParams, request_id: str, resume: Checkpoint | None,
+                     checked: bool):
+        return self.engine.submit(prompt, params, request_id=request_id, resume=resume, checked=checked)
+
+    def abort(self, request_id: str) -> None:
+        self.engine.abort(request_id)
+
+    def metrics(self) -> dict:
+        return self.engine.metrics()
+
+    def observe_steps(self, observer: Callable[[str, float], None]) -> None:
+        self.engine.core.step_observers.append(observer)
+
+    async def shutdown(self) -> None:
+        await asyncio.to_thread(self.engine.shutdown, cancel=True, timeout=60)
+
+
 class JobManager:
     """The jobs of one service over ``store`` (see the module docstring).
 
@@ -181,7 +217,7 @@ class JobManager:
         self.shutdown_timeout_s = shutdown_timeout_s
         self.state = "loading"  # loading | ready | draining | stopped | failed
         self.load_error: BaseException | None = None
-        self.engine = None  # the AsyncEngine, once loaded
+        self.engine = None  # the engine client, once loaded or connected
         self.jobs: dict[str, Job] = {}
         self.metrics = ServiceMetrics(running=lambda: self._count(started=True),
                                       waiting=lambda: self._count(started=False),
@@ -193,27 +229,28 @@ class JobManager:
 
     # -- life -----------------------------------------------------------------------------------------------
 
-    async def start(self, load_engine: Callable[[], object], *, async_engine_kwargs: dict | None = None) -> None:
-        """Load the engine (``load_engine()`` in a worker thread; the service answers 503 meanwhile), then resume
-        the store's unfinished jobs and start the retention sweep."""
+    async def start(self, load_engine: Callable[[], object] | None, *, async_engine_kwargs: dict | None = None,
+                    connect: Callable[[], Awaitable[object]] | None = None) -> None:
+        """Load the engine (``load_engine()`` in a worker thread; the service answers 503 meanwhile) -- or, with
+        ``connect``, await the engine client it makes --, then resume the store's unfinished jobs and start the
+        retention sweep."""
         from ..serving.async_engine import AsyncEngine
 
         def load():
             engine = load_engine()
             # the loading thread makes the AsyncEngine: it gives back this thread's OpenMP team
-            return AsyncEngine(engine, max_queued=None, previews=True, **(async_engine_kwargs or {}))
+            return LocalEngine(AsyncEngine(engine, max_queued=None, previews=True, **(async_engine_kwargs or {})))
 
         try:
-            self.engine = await asyncio.to_thread(load)
+            self.engine = await connect() if connect is not None else await asyncio.to_thread(load)
         except Exception as error:  # noqa: BLE001  (reported by /health; the server stays up to say so)
             self.state, self.load_error = "failed", error
             return
-        e = self.engine.engine
-        self._frame_len = e.stage1_model.config.geometry.frame_len
-        self._super_resolution_default = e.super_resolution_default
-        self.engine.core.step_observers.append(self.metrics.observe_step)
+        self._frame_len = self.engine.frame_len
+        self._super_resolution_default = self.engine.super_resolution_default
+        self.engine.observe_steps(self.metrics.observe_step)
         for record in self.store.all():
-            self._restore(record)
+            await self._restore(record)
         self.state = "ready"
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
@@ -233,7 +270,7 @@ class JobManager:
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self.engine is not None:
-            await asyncio.to_thread(self.engine.shutdown, cancel=True, timeout=60)
+            await self.engine.shutdown()
         tasks = [j.task for j in self.jobs.values() if j.task is not None and not j.task.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=30)
@@ -251,7 +288,7 @@ class JobManager:
     def _count(self, *, started: bool) -> int:
         return sum(1 for j in self.jobs.values() if not j.finished and j.started == started)
 
-    def _restore(self, record: JobRecord) -> None:
+    async def _restore(self, record: JobRecord) -> None:
         """A job of the store at start: finished ones are served as they are; unfinished ones are resubmitted from
         their last checkpoint (a job the engine now refuses fails, saying why)."""
         job = Job(record, SamplingParams(**record.params), EventLog(self.store.boot))
@@ -262,13 +299,13 @@ class JobManager:
         tokens = self.store.load_checkpoint(record.id)
         resume = None if tokens is None else Checkpoint(record.prompt, job.params, tokens)
         try:
-            self._submit(job, resume)
+            await self._submit(job, resume)
         except (TypeError, ValueError, RuntimeError) as error:
             self._finish(job, "failed", _error(error, "resume_failed"))
             self.store.update(job.id, status="failed", completed_at=job.record.completed_at, error=job.record.error)
 
-    def _submit(self, job: Job, resume: Checkpoint | None, *, checked: bool = False) -> None:
-        handle = self.engine.submit(job.record.prompt, job.params, request_id=job.id, resume=resume, checked=checked)
+    async def _submit(self, job: Job, resume: Checkpoint | None, *, checked: bool = False) -> None:
+        handle = await self.engine.submit(job.record.prompt, job.params, job.id, resume, checked)
         job.totals, job.done = dict(handle.totals), dict(handle.resumed)
         job.record.status, job.started = "queued", False
         job.log.append("progress", self._progress_data(job))
@@ -282,7 +319,7 @@ class JobManager:
             raise InvalidRequest(f"the service is {self.state}; retry later", code="unavailable", status=503)
         self._check_openai_fields(params, openai)
         try:
-            self.engine.core.check(prompt, params)
+            await self.engine.check(prompt, params)
         except (TypeError, ValueError) as error:  # AdmissionError is a ValueError
             raise InvalidRequest(str(error), param=param_named(str(error)),
                                  code="admission" if isinstance(error, AdmissionError) else "invalid_value") from None
@@ -294,7 +331,7 @@ class JobManager:
         job = Job(record, params, EventLog(self.store.boot))
         self.jobs[job_id] = job
         try:
-            self._submit(job, None, checked=True)  # checked above; the core holds no queue limit of its own here
+            await self._submit(job, None, checked=True)  # checked above; the core holds no queue limit of its own here
         except RuntimeError as error:  # the engine shut down meanwhile
             await self._forget(job)
             raise InvalidRequest(str(error), code="unavailable", status=503) from None

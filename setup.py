@@ -114,6 +114,7 @@ class SDist(sdist):
 
 
 SERVE = ["starlette>=0.37", "uvicorn>=0.29", "prometheus-client>=0.20", "python-multipart>=0.0.9"]
+RAY_SERVE = "ray[serve]>=2.60"  # the ingress builds its ASGI app late (__serve_build_asgi_app__); 2.60 tested
 ext_modules = [] if os.environ.get("COGVIDEO_NO_EXT") == "1" else [CMakeExtension("cogvideo_engine._C")]
 
 setup(
@@ -134,12 +135,13 @@ setup(
     # TRITON_INTERPRET=1 (the tests; 3.9: older interpreters fail on the window kernel).
     extras_require={"triton": ["triton>=3.6"], "mp4": ["imageio-ffmpeg"],
                     "serve": SERVE,  # python -m cogvideo_engine serve
+                    "ray": [*SERVE, RAY_SERVE],  # serve run cogvideo_engine.service.ray_app:build (replicas)
                     "bench": ["matplotlib"],  # bench/plot_serving.py
                     # setuptools: the GPU check's dry run (a test) installs the package without build isolation
                     # httpx, selenium: the service's tests (a real server, a headless browser on the playground)
                     # triton 3.9.*: the interpreter the CPU suite runs, and the compiler whose register and spill
                     # report tests/kernels/test_gpu_compile.py checks (another version allocates differently)
                     "test": ["pytest>=7", "pytest-benchmark", "triton>=3.9,<3.10", "ruff==0.17.6", "setuptools>=70.1",
-                             *SERVE, "httpx", "selenium", "imageio-ffmpeg"]},
+                             *SERVE, RAY_SERVE, "httpx", "selenium", "imageio-ffmpeg"]},
     entry_points={"console_scripts": ["cogvideo-engine=cogvideo_engine.cli:main"]},
 )

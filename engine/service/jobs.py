@@ -14,9 +14,9 @@ The manager reaches the engine through an *engine client*: :class:`LocalEngine` 
 :class:`~cogvideo_engine.AsyncEngine` in this process) or, under Ray Serve, a client of the engine replicas
 (:mod:`.ray_app`). A client has ``frame_len`` and ``super_resolution_default``, ``async check(prompt, params)``
 (raises as :meth:`~cogvideo_engine.serving.core.EngineCore.check`), ``async submit(prompt, params, request_id,
-resume, checked)`` (a handle with ``totals``, ``resumed`` and its events by ``async for``; aborting a request sends
-its "cancelled" event), ``abort(request_id)``, ``metrics()`` (a dict, or None), ``observe_steps(fn)`` and
-``async shutdown()``.
+resume, checked)`` (a handle with its events by ``async for``, and ``totals`` and ``resumed``: known at
+submission here, once a replica takes the job under Ray Serve; aborting a request sends its "cancelled" event),
+``abort(request_id)``, ``metrics()`` (a dict, or None), ``observe_steps(fn)`` and ``async shutdown()``.
 
 A server that starts on a store with unfinished jobs resubmits them, each from its last checkpoint (the serving
 core resumes with the same randomness keys, so the video is the one an uninterrupted run makes). Jobs cut short by
@@ -471,6 +471,8 @@ class JobManager:
     async def _follow(self, job: Job, handle) -> None:
         try:
             async for ev in handle:
+                if not job.totals and handle.totals:  # an engine elsewhere: known once it took the job
+                    job.totals, job.done = dict(handle.totals), dict(handle.resumed)
                 await self._on_event(job, ev)
                 if ev.kind == "progress":  # the channel merges the progress made meanwhile: this thread's work
                     await asyncio.sleep(PROGRESS_POLL_S)  # (and its share of the GIL) stays ~20 wake-ups/s a job

@@ -10,7 +10,8 @@ Histograms (buckets up to 8 hours -- a 7.7 B-parameter video takes minutes on a 
 
 Gauges ``cogvideo_requests_running`` / ``cogvideo_requests_waiting`` (read at scrape time), counters
 ``cogvideo_requests_created_total``, ``cogvideo_requests_finished_total{status}``,
-``cogvideo_generated_tokens_total``, ``cogvideo_batch_steps_total``. One registry per service (not the
+``cogvideo_generated_tokens_total``, ``cogvideo_batch_steps_total`` (under Ray Serve, where the engines run on
+replicas, ``cogvideo_replica_jobs_total{replica}`` instead: :mod:`.ray_app`). One registry per service (not the
 process-global one), so several services in one process keep their own numbers.
 """
 
@@ -36,7 +37,14 @@ class _CoreCounters(Collector):
         self._stats = stats
 
     def collect(self):
-        stats = self._stats() or {}
+        stats = self._stats()
+        if stats is not None and "replicas" in stats:  # engines elsewhere (Ray Serve): the jobs sent to each
+            jobs = CounterMetricFamily("cogvideo_replica_jobs", "Jobs dispatched to each engine replica",
+                                       labels=["replica"])
+            for replica, count in sorted(stats["replicas"].items()):
+                jobs.add_metric([replica], count)
+            return [jobs]
+        stats = stats or {}
         tokens = CounterMetricFamily("cogvideo_generated_tokens", "Tokens generated (all phases)")
         tokens.add_metric([], stats.get("tokens", 0))
         steps = CounterMetricFamily("cogvideo_batch_steps", "Batches the engine loop ran")

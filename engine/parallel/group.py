@@ -21,6 +21,7 @@ import itertools
 import multiprocessing
 import os
 import sys
+import threading
 import traceback
 import weakref
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ class TensorParallelGroup:
         self._dropped: list[int] = []
         self._names: dict[int, str] = {}
         self._runners: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # the driver's mirrored runners
+        self._sending = threading.RLock()  # one command (with a query's answers) at a time, from any thread
         self.closed = False
 
     @property
@@ -93,10 +95,11 @@ class TensorParallelGroup:
     def send(self, op: str, *args) -> None:
         """Broadcast one command to the workers (driver only); caches and runners dropped since the last command
         are freed on the workers first."""
-        if self.closed:
-            raise RuntimeError("the tensor-parallel ranks were shut down (Engine.close)")
-        dropped, self._dropped = self._dropped, []
-        dist.broadcast_object_list([(op, args, dropped)], src=0, group=self.control)
+        with self._sending:
+            if self.closed:
+                raise RuntimeError("the tensor-parallel ranks were shut down (Engine.close)")
+            dropped, self._dropped = self._dropped, []
+            dist.broadcast_object_list([(op, args, dropped)], src=0, group=self.control)
 
     def _track(self, obj) -> int:
         """An id for a driver object the workers mirror; when ``obj`` is collected, the mirror is freed."""
@@ -125,18 +128,21 @@ class TensorParallelGroup:
         shard loading read and the checkpoint's, by kind, :class:`~.sharding.ShardLoad`), ``"layer_bytes"`` (per
         model: the layer weight bytes the rank holds), ``"last_logits", runner.tp_id`` (the raw bytes of that
         runner's last gathered logits)."""
-        self.send("query", op, args)
-        answers = [None] * self.world
-        dist.gather_object(_answer(op, args, self._runners), answers, dst=0, group=self.control)
+        with self._sending:
+            self.send("query", op, args)
+            answers = [None] * self.world
+            dist.gather_object(_answer(op, args, self._runners), answers, dst=0, group=self.control)
         return answers
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Stop the workers and leave the process group (idempotent)."""
+        """Stop the workers and leave the process group (idempotent). Not while a forward runs: the workers
+        stop at the command, the forward's collectives would wait for them."""
         if self.closed:
             return
         try:
             if self.is_driver and self.world > 1 and all(p.is_alive() for p in self.processes):
                 self.send("stop")  # (a dead worker cannot take it: its peers' next collective fails instead)
+                dist.barrier(group=self.control)  # nothing in flight when the groups go
         finally:
             self.closed = True
             if self.owns_process_group and dist.is_initialized():
@@ -321,6 +327,7 @@ def serve(group: TensorParallelGroup, models: dict) -> None:
             runners.pop(ident, None)
             caches.pop(ident, None)
         if op == "stop":
+            dist.barrier(group=group.control)  # the driver's close waits here too
             return
         if op == "runner":
             ident, name, backend, cuda_graphs, batch_invariant = args

@@ -197,7 +197,9 @@ class LocalEngine:
         self.engine.core.step_observers.append(observer)
 
     async def shutdown(self) -> None:
+        """Stop the loop, then the engine's tensor-parallel ranks if it has some (the service made the engine)."""
         await asyncio.to_thread(self.engine.shutdown, cancel=True, timeout=60)
+        self.engine.engine.close()
 
 
 class JobManager:

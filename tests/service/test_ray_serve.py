@@ -30,7 +30,7 @@ def service(tmp_path_factory):
     default_assets_root()  # built once here, not by both replicas at once
     store = tmp_path_factory.mktemp("ray") / "jobs"
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 << 20,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -62,6 +62,13 @@ def _blas_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return out.t().reshape(*x.shape[:-1], weight.shape[0])
 
 
+def _on_host(value):
+    """``value`` with its tensors (also inside a list) copied to the CPU, to travel in a command."""
+    if isinstance(value, list):
+        return [_on_host(v) for v in value]
+    return value.cpu() if isinstance(value, torch.Tensor) else value
+
+
 def graphs_by_default(device: torch.device | str, backend=None) -> bool:
     """Whether a runner on ``device`` with ``backend`` replays decode steps as CUDA graphs by default: on CUDA with
     a fused backend (they never wait for the host; the reference and custom functions may)."""
@@ -297,12 +304,7 @@ class ModelRunner:
             return
         if cache.tp_id is None:
             raise ValueError("this cache was not made by a tensor-parallel runner (ModelRunner.allocate_cache)")
-        def host(a):
-            if isinstance(a, list):
-                return [host(x) for x in a]
-            return a.cpu() if isinstance(a, torch.Tensor) else a
-
-        self.tp.send(op, self.tp_id, cache.tp_id, *[host(a) for a in args])
+        self.tp.send(op, self.tp_id, cache.tp_id, *[_on_host(a) for a in args])
 
     # -- inputs -------------------------------------------------------------------------------------------
 

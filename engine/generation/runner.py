@@ -195,7 +195,7 @@ def weight_bytes(model: CogVideoModel) -> int:
     computed in fp32 (the embedding lookup reads only a few rows)."""
     layers = sum(p.numel() * p.element_size() for p in model.transformer.layers.parameters())
     plus = sum(p.numel() * p.element_size() for p in model.mixins["attention_plus"].parameters())
-    return layers + plus + NUM_IMAGE_TOKENS // shard_of(model).world * model.config.hidden_size * 4
+    return layers + plus + shard_of(model).share(NUM_IMAGE_TOKENS) * model.config.hidden_size * 4
 
 
 class ModelRunner:
@@ -250,7 +250,7 @@ class ModelRunner:
                     mixed_out_w=torch.cat([alpha[:, None] * base_w.to(wide), (1 - alpha)[:, None] * plus_w.to(wide)],
                                           dim=1).to(p.dtype),
                     mixed_out_b=(alpha * base_b.to(wide) + (1 - alpha) * plus_b.to(wide)).to(p.dtype)))
-        self.heads = cfg.num_attention_heads // self.shard.world  # this rank's heads (all of them at world 1)
+        self.heads = self.shard.share(cfg.num_attention_heads)  # this rank's heads (all of them at world 1)
         self.head_dim = cfg.head_dim
         self.local_hidden = self.heads * self.head_dim  # the width of this rank's q, k, v and attention contexts
         # the wide logits head (tied to the image-token embeddings; a shard's slice of the image tokens), converted

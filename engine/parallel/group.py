@@ -226,22 +226,13 @@ def launch(world: int, device_kind: str, sources: list[ModelSource], dtype: torc
     try:
         dist.init_process_group(_collective_backend(device_kind), store=store, rank=0, world_size=world,
                                 timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
-        control = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
-        device = _device_of(device_kind, 0)
-        group = TensorParallelGroup(ShardSpec(0, world), device, control, processes=processes)
-        error, models = None, {}
-        try:
-            models = _load(sources, group.spec, dtype, device)
-        except Exception as e:  # noqa: BLE001  (reported with the workers' errors, then raised)
-            error = f"{type(e).__name__}: {e}"
-        _ready(control, error, world)
+        group, models, _ = _meet(ShardSpec(0, world), device_kind, 0, sources, dtype, processes=processes)
     except BaseException:
         if dist.is_initialized():
             dist.destroy_process_group()
         for p in processes:
             p.terminate()
         raise
-    _bind(group, models)
     return group, models
 
 
@@ -257,18 +248,10 @@ def join_torchrun(world: int, device_kind: str, sources: list[ModelSource], dtyp
     owns = not dist.is_initialized()
     if owns:
         dist.init_process_group(_collective_backend(device_kind), timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
-    control = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
-    device = _device_of(device_kind, int(os.environ.get("LOCAL_RANK", rank)) if device_kind == "cuda" else 0)
-    group = TensorParallelGroup(ShardSpec(rank, world), device, control, owns_process_group=owns)
-    error, models = None, {}
-    try:
-        models = _load(sources, group.spec, dtype, device)
-    except Exception as e:  # noqa: BLE001
-        error = f"{type(e).__name__}: {e}"
-    _ready(control, error, world)
+    group, models, error = _meet(ShardSpec(rank, world), device_kind, int(os.environ.get("LOCAL_RANK", rank)),
+                                 sources, dtype, owns_process_group=owns)
     if error is not None:
         raise RuntimeError(error)
-    _bind(group, models)
     if rank != 0:
         serve(group, models)
         group.close()
@@ -276,12 +259,27 @@ def join_torchrun(world: int, device_kind: str, sources: list[ModelSource], dtyp
     return group, models
 
 
-def _bind(group: TensorParallelGroup, models: dict) -> None:
-    _MODELS.clear()
-    _MODELS.update(models)
-    for name, model in models.items():
-        model.tensor_parallel = group
-        group.name_model(model, name)
+def _meet(spec: ShardSpec, device_kind: str, device_index: int, sources: list[ModelSource], dtype: torch.dtype,
+          **group_options) -> tuple[TensorParallelGroup | None, dict, str | None]:
+    """Once the process group is up, on every rank: the command group, this rank's device and shards bound to
+    the group, then every rank reports whether it loaded (:func:`_ready`: the driver raises naming the ranks that
+    did not). Returns ``(group, models, this rank's error or None)``."""
+    control = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
+    group, models, error = None, {}, None
+    try:
+        device = _device_of(device_kind, device_index)
+        group = TensorParallelGroup(spec, device, control, **group_options)
+        models = _load(sources, spec, dtype, device)
+    except Exception as e:  # noqa: BLE001  (reported to the driver, which raises it with the others')
+        error = f"{type(e).__name__}: {e}"
+    _ready(control, error, spec.world)
+    if error is None:
+        _MODELS.clear()
+        _MODELS.update(models)
+        for name, model in models.items():
+            model.tensor_parallel = group
+            group.name_model(model, name)
+    return group, models, error
 
 
 def _worker_main(rank: int, world: int, port: int, device_kind: str, sources: list[ModelSource],
@@ -290,19 +288,10 @@ def _worker_main(rank: int, world: int, port: int, device_kind: str, sources: li
     store = dist.TCPStore("127.0.0.1", port, world, is_master=False, timeout=timedelta(seconds=STARTUP_TIMEOUT_S))
     dist.init_process_group(_collective_backend(device_kind), store=store, rank=rank, world_size=world,
                             timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
-    control = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
-    error, models = None, {}
-    try:
-        device = _device_of(device_kind, rank)
-        group = TensorParallelGroup(ShardSpec(rank, world), device, control)
-        models = _load(sources, group.spec, dtype, device)
-    except Exception as e:  # noqa: BLE001  (the driver raises it)
-        error = f"{type(e).__name__}: {e}"
-    _ready(control, error, world)
-    if error is not None:
+    group, models, error = _meet(ShardSpec(rank, world), device_kind, rank, sources, dtype)
+    if error is not None:  # the driver raises it
         dist.destroy_process_group()
         return
-    _bind(group, models)
     try:
         serve(group, models)
     except Exception:  # noqa: BLE001  (a failed command: say so, and leave; the driver's next collective fails)

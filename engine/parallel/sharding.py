@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..io.checkpoints import CONVERTED_WEIGHTS, read_model_config
-from ..io.sat import CheckpointError, check_state_dict, read_sat_state_dict, sat_checkpoint_file
+from ..io.sat import CheckpointError, checked_meta_module, read_sat_state_dict, sat_checkpoint_file
 from ..models.cogvideo import CogVideoModel
 from ..models.config import NUM_IMAGE_TOKENS, ModelConfig
 
@@ -58,9 +58,13 @@ class ShardSpec:
                 and 0 <= self.rank < self.world):
             raise ValueError(f"rank {self.rank!r} of world {self.world!r}: need 0 <= rank < world, world >= 1")
 
+    def share(self, n: int) -> int:
+        """How many of ``n`` (which the world size divides) this rank holds."""
+        return n // self.world
+
     def part(self, n: int) -> slice:
-        """This rank's share of ``n`` (which the world size divides)."""
-        step = n // self.world
+        """This rank's share of ``n``, as a slice."""
+        step = self.share(n)
         return slice(self.rank * step, (self.rank + 1) * step)
 
 
@@ -111,10 +115,6 @@ class ShardLoad:
         kind = "other" if not is_layer_tensor(name) else "layers" if pieces is not None else "layers_whole"
         self.read_bytes[kind] += read
         self.checkpoint_bytes[kind] += full
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty(0, dtype=dtype).element_size()
 
 
 class _SatSource:
@@ -186,17 +186,19 @@ def load_model_shard(path: str | os.PathLike, spec: ShardSpec, dtype: torch.dtyp
     path = Path(path)
     config, source = _open(path, stage)
     check_tensor_parallel(config, spec.world)
-    with torch.device("meta"):
-        model = CogVideoModel(config)
     shapes = source.shapes()
-    check_state_dict({k: v.shape for k, v in model.state_dict().items()},
-                     {k: torch.empty(s, device="meta") for k, s in shapes.items()}, source.source)
+    model = checked_meta_module(lambda: CogVideoModel(config),
+                                {k: torch.empty(s, device="meta") for k, s in shapes.items()}, source.source)
     load = ShardLoad(spec)
     for name, shape in shapes.items():
         pieces = shard_index(name, tuple(shape), spec)
-        parts = [source.read(name, None, None)] if pieces is None else [source.read(name, d, s) for d, s in pieces]
-        value = torch.cat([p.to(device=device, dtype=dtype) for p in parts], dim=0 if pieces is None else pieces[0][0])
-        itemsize = _itemsize(source.dtype(name))
+        if pieces is None:  # whole: as load_model assigns it (a mapped tensor stays mapped when nothing converts)
+            parts = [source.read(name, None, None)]
+            value = parts[0].to(device=device, dtype=dtype)
+        else:
+            parts = [source.read(name, d, s) for d, s in pieces]
+            value = torch.cat([p.to(device=device, dtype=dtype) for p in parts], dim=pieces[0][0])
+        itemsize = source.dtype(name).itemsize
         load.count(name, pieces, shape.numel() * itemsize, sum(p.numel() for p in parts) * itemsize)
         _assign(model, name, value.contiguous())
     model.shard, model.shard_load = spec, load

@@ -34,12 +34,12 @@ from dataclasses import dataclass, field, fields
 
 from ray import serve
 
+from ..cli import DTYPES
 from ..serving.types import AdmissionError, Cancelled, Checkpoint, Event, SamplingParams
 from .jobs import PROGRESS_POLL_S
 
 ENGINE_DEPLOYMENT = "CogVideoEngine"
 INGRESS_DEPLOYMENT = "CogVideoIngress"
-DTYPES = ("fp32", "bf16", "fp16")
 _ERRORS = {"AdmissionError": AdmissionError, "TypeError": TypeError, "ValueError": ValueError}
 
 
@@ -78,7 +78,7 @@ class RayAppConfig:
 
     def check(self) -> None:
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.num_replicas is not None and self.num_replicas < 1:
             raise ValueError(f"num_replicas must be >= 1, got {self.num_replicas}")
         if not 1 <= self.min_replicas <= self.max_replicas:
@@ -114,13 +114,10 @@ def _parsed(value, annotation: str):
 
 def load_engine(config: RayAppConfig):
     """The :class:`~cogvideo_engine.Engine` one replica serves."""
-    import torch
-
     from ..api import Engine
 
     kwargs = dict(device=config.device, backend=config.backend, tensor_parallel=config.tensor_parallel,
-                  dtype={"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config.dtype],
-                  **config.engine_options)
+                  dtype=DTYPES[config.dtype], **config.engine_options)
     if config.model_root:
         return Engine.from_pretrained(config.model_root, **kwargs)
     return Engine.default(**kwargs)
@@ -277,8 +274,11 @@ class Ingress:
 def build(args: dict | None = None):
     """The Ray Serve application (``serve run cogvideo_engine.service.ray_app:build key=value ...``; or
     ``serve.run(build({...}))``)."""
-    config = args if isinstance(args, RayAppConfig) else RayAppConfig.from_args(dict(args or {}))
-    config.check()
+    if isinstance(args, RayAppConfig):
+        config = args
+        config.check()
+    else:
+        config = RayAppConfig.from_args(dict(args or {}))  # checked there
     engines = serve.deployment(EngineReplica, name=ENGINE_DEPLOYMENT, **config.replica_options()).bind(config)
     ingress = serve.deployment(Ingress, name=INGRESS_DEPLOYMENT, num_replicas=1,
                                ray_actor_options={"num_cpus": 0})

@@ -196,7 +196,7 @@ class EngineCore:
             model = self._model(kind)
             self._row_bytes_of[kind] = self.pool.bytes_per_row(
                 model.config, _dtype(model), kind.pass_, PASS_TARGETS[kind],
-                model.config.num_attention_heads // shard_of(model).world)
+                shard_of(model).share(model.config.num_attention_heads))
         return self._row_bytes_of[kind]
 
     def _device(self, model) -> torch.device:

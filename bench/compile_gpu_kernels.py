@@ -1,7 +1,8 @@
 """Compile the Triton kernels for real GPU targets on a machine without a GPU, and report what the compilers say.
 
     python bench/compile_gpu_kernels.py [--targets 90,80] [--dtypes bf16,fp16,fp32] [--kernels window,local]
-                                        [--modes prefill,decode1,decode2] [--quick] [--out JSON]
+                                        [--modes prefill,decode1,decode2] [--quick] [--quick-dtypes fp32]
+                                        [--out JSON]
 
 Each launch the runner and the DSR model make at the released shapes (48 heads x 64, the 20 x 20 frame geometry,
 text capacity 74 -- 512 in the first-frame pass --, queries as views of the fused QKV projection, K/V as views of
@@ -16,7 +17,9 @@ Prefill launches compile the tiled kernel; decode launches (1 or 2 queries per s
 combine kernel, one row each.
 
 ``--quick``: the stage-2 temporal channel (odd layers) in prefill and in a 2-query decode step, and the DSR layer,
-bf16 unless ``--dtypes`` says otherwise -- what the CI test runs.
+bf16 unless ``--dtypes`` says otherwise; ``--quick-dtypes``: that quick set for these dtypes, beside the full set
+for ``--dtypes``. The CI test (tests/kernels/test_gpu_compile.py) runs every launch in bf16 and fp16 and the quick
+set in fp32, one process per target.
 Rows go to ``--out`` (JSON) and a table to stdout. Needs Triton's NVIDIA backend (the triton wheel ships ptxas and
 cuobjdump); must run without ``TRITON_INTERPRET=1``.
 """
@@ -205,7 +208,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtypes", help="default: bf16,fp16,fp32 (bf16 with --quick)")
     p.add_argument("--kernels", default="window,local")
     p.add_argument("--modes", default="prefill,decode1,decode2")
-    p.add_argument("--quick", action="store_true", help="one launch per kernel, bf16 (the CI test)")
+    p.add_argument("--quick", action="store_true", help="one launch per kernel, bf16")
+    p.add_argument("--quick-dtypes", default="", help="dtypes compiled with the quick set beside the full --dtypes")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -224,6 +228,7 @@ def _report(args) -> int:
     from cogvideo_engine.kernels import triton_local_attention as tla
 
     dtypes = (args.dtypes or ("bf16" if args.quick else "bf16,fp16,fp32")).split(",")
+    quick_dtypes = [d for d in args.quick_dtypes.split(",") if d and d not in dtypes]
     modes = args.modes.split(",")
     rows = []
     for arch in map(int, args.targets.split(",")):
@@ -232,11 +237,13 @@ def _report(args) -> int:
         for kernel in [getattr(ta, n) for n in window_kernels] + [tla._local_attention_kernel]:
             kernel.device_caches.clear()  # compiled per (device, specialization): device 0 was the last target
         launches = []
-        if "window" in args.kernels:
-            launches += [(ta, window_kernels, label, run) for label, run in window_launches(modes, dtypes, args.quick)]
-        if "local" in args.kernels:
-            launches += [(tla, ("_local_attention_kernel",), label, run)
-                         for label, run in local_launches(dtypes, args.quick)]
+        for chosen, quick in ((dtypes, args.quick), (quick_dtypes, True)):
+            if "window" in args.kernels:
+                launches += [(ta, window_kernels, label, run)
+                             for label, run in window_launches(modes, chosen, quick)]
+            if "local" in args.kernels:
+                launches += [(tla, ("_local_attention_kernel",), label, run)
+                             for label, run in local_launches(chosen, quick)]
         for module, names, label, run in launches:
             t0 = time.perf_counter()
             try:

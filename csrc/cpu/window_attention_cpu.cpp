@@ -18,6 +18,7 @@
 #include "cogvideo/dtype_convert.h"
 #include "cogvideo/rules.h"
 #include "cogvideo/window_attention.h"
+#include "fast_exp.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -39,29 +40,6 @@ constexpr int kKeyBlock = 64;  // keys per micro-kernel pass (QK^T)
 using detail::bf16_to_float;
 using detail::load_elem;
 using detail::store_elem;
-
-// exp for x <= 0 (softmax after subtracting the row max): Cephes-style range reduction and polynomial,
-// 8e-8 max relative error. Written without branches or float-to-int conversions (rounding by the
-// 1.5 * 2^23 trick) so the softmax loop vectorises. exp(x < -87) is taken as 0.
-inline float exp_nonpositive(float x) {
-  const float clamped = x > -87.0f ? x : -87.0f;
-  const float magic = 12582912.0f;
-  const float n = clamped * 1.44269504088896341f + magic;  // round(x / ln 2) in the low mantissa bits
-  const float fx = n - magic;
-  float r = clamped - fx * 0.693359375f;
-  r = r + fx * 2.12194440e-4f;
-  const float z = r * r;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * z + r + 1.0f;
-  const int32_t e = __builtin_bit_cast(int32_t, n) - __builtin_bit_cast(int32_t, magic);
-  const float scale = __builtin_bit_cast(float, (e + 127) << 23);
-  return x < -87.0f ? 0.0f : y * scale;
-}
 
 struct Tile {
   int64_t batch = 0;

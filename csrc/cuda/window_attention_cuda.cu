@@ -37,6 +37,7 @@ namespace {
 constexpr int kWarps = 4;  // queries per block
 constexpr int64_t kMaxGridY = 65535;        // CUDA's limit on a grid's y (and z) axis
 constexpr size_t kMaxStaticShared = 48 * 1024;  // dynamic shared memory a block gets without the opt-in
+constexpr size_t kMinOptInShared = 166912;  // the opt-in per-block maximum of the smallest target built (sm_80: 163 KB)
 
 size_t cells_bytes(const AttentionRule& rule) { return sizeof(Cell) * static_cast<size_t>(rule.frame_len()); }
 constexpr unsigned kFull = detail::kFullWarp;
@@ -385,6 +386,7 @@ template <typename T, int D>
 void launch_tiles(const T* q, const T* k, const T* v, T* out, const Strides& st, const QueryInfo& info,
                   const AttentionRule& rule, int64_t batch, int64_t heads, int64_t num_q, cudaStream_t stream) {
   constexpr size_t bytes = TileLayout<D>::kBytes;
+  static_assert(bytes <= kMinOptInShared, "the tile's shared memory exceeds what an sm_80 block may opt in to");
   // The shared-memory opt-in is per device; done at the first launch on each (the warm-up, outside any capture).
   constexpr int kMaxDevices = 64;
   static bool configured[kMaxDevices] = {};

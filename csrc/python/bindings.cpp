@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cogvideo/cpu_isa.h"
+#include "cogvideo/decode_stack.h"
 #include "cogvideo/linear_rows.h"
 #include "cogvideo/local_attention.h"
 #include "cogvideo/window_attention.h"
@@ -54,28 +55,36 @@ TensorView view(const TensorArg& arg, const char* name, int ndim = 4) {
   return t;
 }
 
-void window_attention(const std::string& device, const TensorArg& q, const TensorArg& k, const TensorArg& v,
-                      const TensorArg& out, uintptr_t q_index, int64_t q_index_stride0, int64_t q_index_stride1,
-                      uintptr_t text_len, uintptr_t text_bias, bool temporal, bool windowed,
-                      bool bidirectional_given, int num_given, int cache_slots, int grid, int window, int shift,
-                      int text_capacity, uintptr_t stream) {
-  TensorView qv = view(q, "q"), kv = view(k, "k"), vv = view(v, "v"), ov = view(out, "out");
+// (temporal, windowed, bidirectional_given, num_given, cache_slots, grid, window, shift, text_capacity)
+using RuleArg = std::tuple<bool, bool, bool, int, int, int, int, int, int>;
+
+AttentionRule make_rule(const RuleArg& arg) {
+  AttentionRule rule;
+  std::tie(rule.temporal, rule.windowed, rule.bidirectional_given, rule.num_given, rule.cache_slots, rule.grid,
+           rule.window, rule.shift, rule.text_capacity) = arg;
+  return rule;
+}
+
+QueryInfo query_info(uintptr_t q_index, int64_t q_index_stride0, int64_t q_index_stride1, uintptr_t text_len,
+                     uintptr_t text_bias) {
   QueryInfo info;
   info.q_index = reinterpret_cast<const int64_t*>(q_index);
   info.q_index_stride[0] = q_index_stride0;
   info.q_index_stride[1] = q_index_stride1;
   info.text_len = reinterpret_cast<const int32_t*>(text_len);
   info.text_bias = reinterpret_cast<const float*>(text_bias);
-  AttentionRule rule;
-  rule.temporal = temporal;
-  rule.windowed = windowed;
-  rule.bidirectional_given = bidirectional_given;
-  rule.num_given = num_given;
-  rule.cache_slots = cache_slots;
-  rule.grid = grid;
-  rule.window = window;
-  rule.shift = shift;
-  rule.text_capacity = text_capacity;
+  return info;
+}
+
+void window_attention(const std::string& device, const TensorArg& q, const TensorArg& k, const TensorArg& v,
+                      const TensorArg& out, uintptr_t q_index, int64_t q_index_stride0, int64_t q_index_stride1,
+                      uintptr_t text_len, uintptr_t text_bias, bool temporal, bool windowed,
+                      bool bidirectional_given, int num_given, int cache_slots, int grid, int window, int shift,
+                      int text_capacity, uintptr_t stream) {
+  TensorView qv = view(q, "q"), kv = view(k, "k"), vv = view(v, "v"), ov = view(out, "out");
+  const QueryInfo info = query_info(q_index, q_index_stride0, q_index_stride1, text_len, text_bias);
+  const AttentionRule rule =
+      make_rule({temporal, windowed, bidirectional_given, num_given, cache_slots, grid, window, shift, text_capacity});
   py::gil_scoped_release release;
   if (device == "cpu") {
     cogvideo::window_attention_cpu(qv, kv, vv, ov, info, rule);
@@ -115,6 +124,70 @@ void linear_rows(const TensorArg& out, const TensorArg& x, const TensorArg& w, c
   cogvideo::linear_rows_cpu(ov, xv, wv, bias ? &bv : nullptr);
 }
 
+// The decode stack (cogvideo/decode_stack.h), bound once to a model's tensors: one layer is the 18 tensors of
+// cogvideo::DecodeLayer in its order.
+class DecodeStackHandle {
+ public:
+  DecodeStackHandle(const std::vector<std::vector<TensorArg>>& layers, const TensorArg& final_ln_w,
+                    const TensorArg& final_ln_b, const TensorArg& head, int heads, int head_dim, float eps) {
+    for (const std::vector<TensorArg>& l : layers) {
+      if (l.size() != 18) throw InvalidArgument("decode_stack: a layer is 18 tensors, got " + std::to_string(l.size()));
+      auto vec = [&](int i, const char* name) { return view(l[i], name, 1); };
+      auto mat = [&](int i, const char* name) { return view(l[i], name, 2); };
+      stack_.layers.push_back({vec(0, "ln_in_w"), vec(1, "ln_in_b"), mat(2, "qkv_w"), vec(3, "qkv_b"),
+                               mat(4, "base_w"), vec(5, "base_b"), mat(6, "mixed_w"), vec(7, "mixed_b"),
+                               vec(8, "ln_third_w"), vec(9, "ln_third_b"), vec(10, "ln_post_w"),
+                               vec(11, "ln_post_b"), mat(12, "up_w"), vec(13, "up_b"), mat(14, "down_w"),
+                               vec(15, "down_b"), vec(16, "ln_fourth_w"), vec(17, "ln_fourth_b")});
+    }
+    stack_.final_ln_w = view(final_ln_w, "final_ln_w", 1);
+    stack_.final_ln_b = view(final_ln_b, "final_ln_b", 1);
+    stack_.head = view(head, "head", 2);
+    stack_.heads = heads;
+    stack_.head_dim = head_dim;
+    stack_.eps = eps;
+    cogvideo::validate_decode_stack(stack_);
+  }
+
+  // channels: per channel (k data_ptr, v data_ptr, layer stride, batch stride, even layers' rule, odd layers' rule)
+  void forward(const TensorArg& x, int64_t batch, int64_t num_q, uintptr_t q_index, int64_t q_index_stride0,
+               int64_t q_index_stride1, uintptr_t text_len, uintptr_t text_bias,
+               const std::vector<std::tuple<uintptr_t, uintptr_t, int64_t, int64_t, RuleArg, RuleArg>>& channels,
+               int64_t scratch_row, const std::optional<TensorArg>& logits) {
+    const int64_t hidden = static_cast<int64_t>(stack_.heads) * stack_.head_dim;
+    TensorView xv = view(x, "x", 2);
+    if (xv.dtype != DType::kFloat32 || xv.shape[0] != batch * num_q || xv.shape[1] != hidden ||
+        xv.stride[0] != hidden || xv.stride[1] != 1)
+      throw InvalidArgument("decode_stack: x must be a contiguous fp32 [batch * num_q, hidden] tensor");
+    float* out = nullptr;
+    if (logits) {
+      TensorView lv = view(*logits, "logits", 2);
+      if (lv.dtype != DType::kFloat32 || lv.shape[0] != batch * num_q || lv.shape[1] != stack_.head.shape[0] ||
+          lv.stride[0] != lv.shape[1] || lv.stride[1] != 1)
+        throw InvalidArgument("decode_stack: logits must be a contiguous fp32 [batch * num_q, vocab] tensor");
+      out = static_cast<float*>(lv.data);
+    }
+    std::vector<cogvideo::DecodeChannel> cs;
+    for (const auto& [k, v, layer_stride, batch_stride, even, odd] : channels) {
+      cogvideo::DecodeChannel c;
+      c.k = reinterpret_cast<float*>(k);
+      c.v = reinterpret_cast<float*>(v);
+      c.layer_stride = layer_stride;
+      c.batch_stride = batch_stride;
+      c.rules[0] = make_rule(even);
+      c.rules[1] = make_rule(odd);
+      cs.push_back(c);
+    }
+    const QueryInfo info = query_info(q_index, q_index_stride0, q_index_stride1, text_len, text_bias);
+    py::gil_scoped_release release;
+    cogvideo::decode_stack_cpu(stack_, static_cast<float*>(xv.data), batch, num_q, info, cs.data(),
+                               static_cast<int>(cs.size()), scratch_row, out);
+  }
+
+ private:
+  cogvideo::DecodeStack stack_;
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -144,4 +217,16 @@ PYBIND11_MODULE(_C, m) {
         "Batch-invariant fp32 linear on the CPU into `out[M, N]` = x[M, K] . w[N, K]^T (+ bias[N]): one fixed "
         "reduction order per element, so a row does not depend on the other rows, M or the thread count. "
         "Tensors are (data_ptr, dtype name, shape, strides in elements); the last dimensions must be contiguous.");
+  py::class_<DecodeStackHandle>(m, "DecodeStack",
+                                "A model's CPU decode forward in one call (cogvideo/decode_stack.h), bound to its "
+                                "fp32 tensors, which must outlive it.")
+      .def(py::init<const std::vector<std::vector<TensorArg>>&, const TensorArg&, const TensorArg&, const TensorArg&,
+                    int, int, float>(),
+           py::arg("layers"), py::arg("final_ln_w"), py::arg("final_ln_b"), py::arg("head"), py::arg("heads"),
+           py::arg("head_dim"), py::arg("eps"))
+      .def("forward", &DecodeStackHandle::forward, py::arg("x"), py::arg("batch"), py::arg("num_q"),
+           py::arg("q_index"), py::arg("q_index_stride0"), py::arg("q_index_stride1"), py::arg("text_len"),
+           py::arg("text_bias"), py::arg("channels"), py::arg("scratch_row"), py::arg("logits") = py::none(),
+           "One decode forward: x [batch * num_q, hidden] updated in place, the caches' K/V rows written, logits "
+           "[batch * num_q, vocab] filled (if given).");
 }

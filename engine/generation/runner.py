@@ -12,6 +12,9 @@ What the reference model computes (:mod:`cogvideo_engine.models.cogvideo`), arra
   lives as long as the engine (:class:`~.cache_pool.CachePool`);
 * on CPU in fp32 the linear layers run the batch-invariant kernel (``kernels.batch_invariant``): a row's
   outputs are bit-identical whatever else shares the forward, so batching requests changes no token;
+* there, with the csrc attention, a decode step's whole forward (every layer, the logits head) is one C++ call
+  (``kernels.decode_stack``: no interpreter between the few-row operations around the weight streams);
+  :meth:`ModelRunner._layers` is its twin and runs everywhere else;
 * attention goes through a backend by name (``reference``, ``triton``, ``cpu``, ``cuda``);
 * a model shard (:mod:`cogvideo_engine.parallel`: 1/N of the heads of both channels, of the MLP and of the
   logits head) runs the same forward on its heads; each layer's attention output (both channels' partial
@@ -37,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from cogvideo_engine.kernels.batch_invariant import linear_rows, linear_rows_available
+from cogvideo_engine.kernels.decode_stack import DecodeStack, decode_stack_available
 from cogvideo_engine.kernels.layout import SPATIAL, TEMPORAL, AttentionRule
 from cogvideo_engine.kernels.reference import compute_dtype, text_lengths_checked
 from cogvideo_engine.kernels.registry import default_backend, get_backend
@@ -132,6 +136,7 @@ class StaticCache:
         self.scratch_row = rows
         self.graphs: DecodeGraphs | None = None  # the CUDA graphs of this cache's steps, while it lives
         self.frame_offsets: dict[tuple, torch.Tensor] = {}  # positions fed -> their frame offsets, on the device
+        self.frame_positions: dict[tuple, torch.Tensor] = {}  # positions fed -> their position ids [1, n], ditto
         self.tp_id: int | None = None  # on a tensor-parallel driver: the id of the workers' mirrors
         self.bind([layout])
 
@@ -205,12 +210,15 @@ class ModelRunner:
     """How many runners fused a model's weights in this process (each fuses once, when made)."""
 
     def __init__(self, model: CogVideoModel, backend=None, *, cuda_graphs: bool | None = None,
-                 batch_invariant: bool | None = None):
+                 batch_invariant: bool | None = None, decode_stack: bool | None = None):
         """``backend``: a backend name (None: the best available) or an attention function with the contract
         of ``kernels.reference.window_attention`` (e.g. a benchmark's baseline). ``cuda_graphs``: replay decode
         steps as CUDA graphs (None: on CUDA with a fused backend, ``triton`` or ``cuda``). ``batch_invariant``:
         decode forwards with the batch-invariant linear kernel (None: where :func:`batch_invariance_status`
-        says it applies -- CPU, fp32, the extension built; True where it does not is an error).
+        says it applies -- CPU, fp32, the extension built; True where it does not is an error). ``decode_stack``:
+        batch-invariant decode steps as one C++ call (:mod:`~cogvideo_engine.kernels.decode_stack`; None: where it
+        applies -- batch-invariant, the csrc CPU attention, one rank; True where it does not is an error; False:
+        the Python forward, its twin).
 
         A tensor-parallel shard (:func:`~cogvideo_engine.parallel.sharding.load_model_shard`, bound to its
         group) runs its heads; on the driver rank the runner is mirrored on the other ranks (the backend must be
@@ -260,6 +268,10 @@ class ModelRunner:
         start = cfg.geometry.extra_table_start  # position id -> row of [base[:start] | extra]
         self.position_table = torch.cat([model.transformer.position_embeddings.weight[:start],
                                          model.mixins["extra_position_embedding"].position_embeddings.weight])
+        possible, why = self._decode_stack_status()
+        if decode_stack and not possible:
+            raise ValueError(f"decode_stack cannot run here: {why}")
+        self.decode_stack = self._bind_decode_stack() if possible and decode_stack is not False else None
         ModelRunner.fusions += 1
         self.last_logits: torch.Tensor | None = None  # a tensor-parallel forward's gathered logits (for checks)
         self.tp_id = self.tp.mirror_runner(self) if self.tp is not None and self.tp.is_driver else None
@@ -278,6 +290,37 @@ class ModelRunner:
         self.logits_head = self.logits_head.to(device)
         self.position_table = self.position_table.to(device)
         self.device = device
+        if self.decode_stack is not None or device.type == "cpu":  # re-bound to the moved tensors (or dropped)
+            self.decode_stack = self._bind_decode_stack() if self._decode_stack_status()[0] else None
+
+    def _decode_stack_status(self) -> tuple[bool, str]:
+        """Whether decode steps can run as one C++ call (:mod:`~cogvideo_engine.kernels.decode_stack`), and why
+        (not)."""
+        if not self.batch_invariant:
+            return False, "it runs the batch-invariant fp32 CPU linears, which this runner does not"
+        if self.tp is not None:
+            return False, "a tensor-parallel shard reduces its partial sums between the layers"
+        backend = None if callable(self.backend) else (
+            default_backend(self.device) if self.backend in (None, "auto") else self.backend)
+        if self.device.type != "cpu" or backend != "cpu":
+            return False, "it runs the csrc CPU attention, not this runner's attention backend"
+        return decode_stack_available()
+
+    def _bind_decode_stack(self) -> DecodeStack:
+        model = self.model
+        layers = [dict(ln_in_w=layer.input_layernorm.weight, ln_in_b=layer.input_layernorm.bias,
+                       qkv_w=w.qkv_w, qkv_b=w.qkv_b, base_w=w.base_out_w, base_b=w.base_out_b,
+                       mixed_w=w.mixed_out_w, mixed_b=w.mixed_out_b,
+                       ln_third_w=layer.third_layernorm.weight, ln_third_b=layer.third_layernorm.bias,
+                       ln_post_w=layer.post_attention_layernorm.weight,
+                       ln_post_b=layer.post_attention_layernorm.bias,
+                       up_w=layer.mlp.dense_h_to_4h.weight, up_b=layer.mlp.dense_h_to_4h.bias,
+                       down_w=layer.mlp.dense_4h_to_h.weight, down_b=layer.mlp.dense_4h_to_h.bias,
+                       ln_fourth_w=layer.fourth_layernorm.weight, ln_fourth_b=layer.fourth_layernorm.bias)
+                  for layer, w in zip(model.transformer.layers, self.layers, strict=True)]
+        final = model.transformer.final_layernorm
+        return DecodeStack(layers, final.weight, final.bias, self.logits_head, heads=self.heads,
+                           head_dim=self.head_dim, eps=final.eps)
 
     def new_cache(self, layouts: list[StreamLayout], *, text_capacity: int | None = None,
                   capacity: int | None = None) -> StaticCache:
@@ -360,8 +403,19 @@ class ModelRunner:
                     text_bias: torch.Tensor) -> list[torch.Tensor]:
         """The device tensors a step's forward reads: ids, query indices, position ids, text bias."""
         q_index = self.frame_index(cache, positions)
-        return [input_ids.to(self.device), q_index, self.position_ids(cache, q_index),
+        b = len(cache.layouts)
+        return [input_ids.to(self.device), q_index, self.frame_position_ids(cache, positions).expand(b, -1),
                 text_bias.to(self.device, torch.float32)]
+
+    def frame_position_ids(self, cache: StaticCache, positions: list[tuple[int, int]]) -> torch.Tensor:
+        """``[1, n]`` position ids of frame positions, the same for every row of the cache (a frame's position id
+        follows from its slot and block position, not from the row's text length), made on the device once per
+        cache and set of positions."""
+        key = tuple(positions)
+        ids = cache.frame_positions.get(key)
+        if ids is None:
+            ids = cache.frame_positions[key] = cache.layouts[0].position_id(self.frame_index(cache, positions)[:1])
+        return ids
 
     def stepper(self, cache: StaticCache):
         """The decode-step function for ``cache``: :meth:`step`, or its CUDA-graph replay when enabled."""
@@ -392,8 +446,19 @@ class ModelRunner:
         """One forward; device tensors in, no host synchronisation inside (CUDA-graph capturable; the cache's text
         lengths were checked when it was bound: :func:`text_lengths_checked`; tests/generation/test_host_sync.py).
         ``invariant``: the linear layers through the batch-invariant kernel (decode steps)."""
+        if invariant and self.decode_stack is not None:
+            return self._stack_forward(cache, ids, q_index, position, text_bias, want_logits)
         with text_lengths_checked():
             return self._layers(cache, ids, q_index, position, text_bias, want_logits, invariant)
+
+    def _stack_forward(self, cache: StaticCache, ids: torch.Tensor, q_index: torch.Tensor, position: torch.Tensor,
+                       text_bias: torch.Tensor, want_logits: bool) -> torch.Tensor | None:
+        """:meth:`_layers` with ``invariant`` in one C++ call (``kernels.decode_stack.DecodeStack``)."""
+        x = self.model.transformer.word_embeddings(ids) + self.position_table[position]
+        names = (SPATIAL, TEMPORAL) if cache.pass_.mixes_temporal else (SPATIAL,)
+        caches = [(cache.k[c], cache.v[c], cache.rule(name, 0), cache.rule(name, 1)) for c, name in enumerate(names)]
+        return self.decode_stack.forward(x, q_index, cache.text_len.to(torch.int32), text_bias.contiguous(), caches,
+                                         cache.scratch_row, want_logits)
 
     def _layers(self, cache: StaticCache, ids: torch.Tensor, q_index: torch.Tensor, position: torch.Tensor,
                 text_bias: torch.Tensor, want_logits: bool, invariant: bool) -> torch.Tensor | None:

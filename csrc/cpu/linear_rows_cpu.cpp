@@ -15,9 +15,11 @@
 // columns is the same template with smaller R or C: every element sees the same operations whatever its tile.
 // With several row tiles and K past kSegment, K is walked in segments and the accumulators are kept in a small
 // per-thread buffer between them (stored and reloaded exactly: the sequence of operations per element does not
-// change), so the x rows and the weight block of one segment stay in the L1/L2 cache. With weights past 8 MB,
-// the first pass over a block (its first row tile) prefetches the thread's next block into L2, so the weight
-// stream from memory overlaps the arithmetic. The tree of the avx2 / avx512 variants sums 8 / 16 accumulators at
+// change), so the x rows and the weight block of one segment stay in the L1/L2 cache. The first pass over a
+// block (its first row tile) prefetches the thread's next block into L2, so the weight stream from memory
+// overlaps the arithmetic: in a decode step every weight matrix comes from memory (the step reads more than the
+// caches hold), where this streams 20-25% faster at 2-8 rows; a matrix of a few MB called again and again (a
+// benchmark's loop) stays in the caches, where the prefetches cost load slots (~10% at 512 x 512). The tree of the avx2 / avx512 variants sums 8 / 16 accumulators at
 // once (vsum_group: the same additions of the same operands, gathered by shuffles).
 #include <algorithm>
 #include <array>
@@ -208,7 +210,6 @@ struct Problem {
   int64_t so;  // out row stride
   int64_t M, N, K;
   int64_t segment;  // K per pass over a block (a multiple of 16)
-  bool prefetch;    // the weights are too large to stay in the cache between calls: prefetch them
 };
 
 // The partial sums of R x rows (i0 ..) by C weight rows (j0 ..) over k in [k0, k1): from `acc` (or zeros when
@@ -330,7 +331,7 @@ void column_block(const Problem& p, int64_t j0, int64_t j1, float* acc_buf, bool
         const int cols = static_cast<int>(std::min<int64_t>(width, j1 - j));
         float* acc = acc_row + (j - j0) * rows * kLanes;
         // the first pass over this block's rows fetches the thread's next block into the L2 cache
-        const int64_t pf = last || i0 != 0 || !p.prefetch ? 0 : kColBlock * p.sw;
+        const int64_t pf = last || i0 != 0 ? 0 : kColBlock * p.sw;
         kTiles[rows - 1][cols - 1](p, i0, j, k0, k1, acc, pf);
       }
     }
@@ -352,9 +353,6 @@ void linear_rows(TensorView& out, const TensorView& x, const TensorView& w, cons
   p.M = x.shape[0];
   p.N = w.shape[0];
   p.K = x.shape[1];
-  // Weights of a few MB stay in the L2 caches from one call to the next, where the prefetches only cost load
-  // slots (10% at 512 x 512); measured faster from 8 MB (the 512 x 20000 logits head, the real model's layers).
-  p.prefetch = p.N * p.K * static_cast<int64_t>(sizeof(float)) > (int64_t{8} << 20);
   if (p.M == 0 || p.N == 0) return;
   const int64_t blocks = (p.N + kColBlock - 1) / kColBlock;
   // The accumulators kept between K segments: kColBlock x kRows elements (16 lanes each) per row tile.

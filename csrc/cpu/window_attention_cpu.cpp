@@ -34,6 +34,7 @@ namespace {
 constexpr int kTileM = 320;        // queries per tile of a bidirectional group (one key set for all)
 constexpr int kTileMCausal = 128;  // queries per tile of a causal group (keys grow with the query)
 constexpr int kDirectMax = 4;      // tiles this small (decode) read K/V rows in place instead of packing
+constexpr int kPrefetchRows = 8;   // how far ahead the decode path fetches the K/V rows it reads in place
 constexpr int kRowBlock = 6;  // query rows per micro-kernel pass
 constexpr int kKeyBlock = 64;  // keys per micro-kernel pass (QK^T)
 
@@ -190,57 +191,80 @@ inline bool softmax_row(float* row, int64_t n) {
   return true;
 }
 
-// Decode-sized tiles with fp32 rows: scores as dot products over K rows read in place, P V over V rows.
+// One query of a decode-sized tile (fp32 rows), every head: its visible rows read in place, row by row with the
+// heads of a row side by side in memory (one stream through the cache rows, not one per head), scores as dot
+// products, one softmax per head over the visible rows, then P V over the same rows.
 template <int D>
-void run_tile_head_direct(const Tile& t, int64_t h, const TensorView& q, const TensorView& k, const TensorView& v,
-                          TensorView& out) {
+void run_query_direct(const Tile& t, int m, const TensorView& q, const TensorView& k, const TensorView& v,
+                      TensorView& out) {
   const int64_t n = static_cast<int64_t>(t.rows.size());
-  const int num_q = static_cast<int>(t.query_cols.size());
+  const int64_t heads = q.shape[1];
   const float sqrt_d = std::sqrt(static_cast<float>(D));
   const int64_t b = t.batch;
-  float qs[kDirectMax][D];
-  for (int m = 0; m < num_q; ++m) {
-    load_row<D>(q, b * q.stride[0] + h * q.stride[1] + t.query_cols[m] * q.stride[2], qs[m]);
-    for (int d = 0; d < D; ++d) qs[m][d] /= sqrt_d;
+  thread_local std::vector<float> qs, s, acc;
+  thread_local std::vector<int64_t> seen;  // offsets of the visible rows in the cache
+  thread_local std::vector<float> add;     // and their additive terms (0 or the text bias)
+  seen.clear();
+  add.clear();
+  const float* additive = t.additive.data() + m * n;
+  for (int64_t j = 0; j < n; ++j)
+    if (additive[j] != -std::numeric_limits<float>::infinity()) {
+      seen.push_back(t.rows[j]);
+      add.push_back(additive[j]);
+    }
+  const int64_t nv = static_cast<int64_t>(seen.size());
+  qs.resize(heads * D);
+  s.resize(heads * std::max<int64_t>(nv, 1));
+  acc.assign(heads * D, 0.0f);
+  for (int64_t h = 0; h < heads; ++h) {
+    load_row<D>(q, b * q.stride[0] + h * q.stride[1] + t.query_cols[m] * q.stride[2], qs.data() + h * D);
+    for (int d = 0; d < D; ++d) qs[h * D + d] /= sqrt_d;
   }
-  thread_local std::vector<float> s;
-  s.resize(static_cast<size_t>(num_q) * n);
-  const float* k_head = static_cast<const float*>(k.data) + b * k.stride[0] + h * k.stride[1];
-  const float* v_head = static_cast<const float*>(v.data) + b * v.stride[0] + h * v.stride[1];
-  for (int64_t j = 0; j < n; ++j) {
-    const float* krow = k_head + t.rows[j] * k.stride[2];
-    for (int m = 0; m < num_q; ++m) {
+  const float* k_base = static_cast<const float*>(k.data) + b * k.stride[0];
+  const float* v_base = static_cast<const float*>(v.data) + b * v.stride[0];
+  // the rows are scattered (a window's cells, each row a few hundred bytes of this task's heads): fetched
+  // kPrefetchRows ahead, so several are on their way from memory at once
+  auto prefetch = [&](const float* base, const TensorView& t, int64_t j) {
+    if (j >= nv) return;
+    const float* row = base + seen[j] * t.stride[2];
+    for (int64_t h = 0; h < heads; ++h)
+      for (int d = 0; d < D; d += 16) __builtin_prefetch(row + h * t.stride[1] + d, 0, 3);
+  };
+  for (int64_t j = 0; j < kPrefetchRows; ++j) prefetch(k_base, k, j);
+  for (int64_t j = 0; j < nv; ++j) {
+    prefetch(k_base, k, j + kPrefetchRows);
+    const float* krow = k_base + seen[j] * k.stride[2];
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* kh = krow + h * k.stride[1];
+      const float* qh = qs.data() + h * D;
       float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-      for (int d = 0; d < D; ++d) dot += qs[m][d] * krow[d];
-      s[m * n + j] = dot + t.additive[m * n + j];
+      for (int d = 0; d < D; ++d) dot += qh[d] * kh[d];
+      s[h * nv + j] = dot + add[j];
     }
   }
-  for (int m = 0; m < num_q; ++m) {
-    float acc[D] = {};
-    float* row = s.data() + m * n;
-    if (softmax_row(row, n)) {
-      for (int64_t j = 0; j < n; ++j) {
-        const float w = row[j];
-        if (w == 0.0f) continue;
-        const float* vrow = v_head + t.rows[j] * v.stride[2];
+  for (int64_t h = 0; h < heads && nv > 0; ++h) softmax_row(s.data() + h * nv, nv);  // nv > 0: a finite max
+  for (int64_t j = 0; j < kPrefetchRows; ++j) prefetch(v_base, v, j);
+  for (int64_t j = 0; j < nv; ++j) {
+    prefetch(v_base, v, j + kPrefetchRows);
+    const float* vrow = v_base + seen[j] * v.stride[2];
+    for (int64_t h = 0; h < heads; ++h) {
+      const float w = s[h * nv + j];
+      const float* vh = vrow + h * v.stride[1];
+      float* ah = acc.data() + h * D;
 #pragma omp simd
-        for (int d = 0; d < D; ++d) acc[d] += w * vrow[d];
-      }
+      for (int d = 0; d < D; ++d) ah[d] += w * vh[d];
     }
+  }
+  for (int64_t h = 0; h < heads; ++h) {  // a query that sees nothing writes zeros
     const int64_t base = b * out.stride[0] + h * out.stride[1] + t.query_cols[m] * out.stride[2];
-    for (int d = 0; d < D; ++d) store_elem(out.data, base + d * out.stride[3], out.dtype, acc[d]);
+    for (int d = 0; d < D; ++d) store_elem(out.data, base + d * out.stride[3], out.dtype, acc[h * D + d]);
   }
 }
 
 template <int D>
 void run_tile_head(const Tile& t, int64_t h, const TensorView& q, const TensorView& k, const TensorView& v,
                    TensorView& out) {
-  const bool fp32_rows = k.dtype == DType::kFloat32 && k.stride[3] == 1 && v.stride[3] == 1;
-  if (fp32_rows && t.query_cols.size() <= static_cast<size_t>(kDirectMax)) {
-    run_tile_head_direct<D>(t, h, q, k, v, out);
-    return;
-  }
   const int64_t n = static_cast<int64_t>(t.rows.size());
   const int num_q = static_cast<int>(t.query_cols.size());
   const int64_t n_pad = std::max<int64_t>(kKeyBlock, (n + kKeyBlock - 1) / kKeyBlock * kKeyBlock);
@@ -305,15 +329,38 @@ void run_tile_head(const Tile& t, int64_t h, const TensorView& q, const TensorVi
   }
 }
 
+// A unit of work: one query of a decode-sized tile, every head (m >= 0), or one head of a whole tile (m < 0).
+struct Task {
+  int64_t tile;
+  int m;
+  int64_t head;
+};
+
 template <int D>
 void run_all(const std::vector<Tile>& tiles, const TensorView& q, const TensorView& k, const TensorView& v,
              TensorView& out) {
   const int64_t heads = q.shape[1];
-  const int64_t tasks = static_cast<int64_t>(tiles.size()) * heads;
+  const bool fp32_rows = k.dtype == DType::kFloat32 && v.dtype == DType::kFloat32 && k.stride[3] == 1 &&
+                         v.stride[3] == 1;
+  auto direct = [&](const Tile& t) { return fp32_rows && t.query_cols.size() <= static_cast<size_t>(kDirectMax); };
+  // a decode query is one task over all heads: its rows stream through the cache whole (measured faster than
+  // splitting the heads over the threads, even when a single query leaves a thread idle)
+  std::vector<Task> tasks;
+  for (size_t ti = 0; ti < tiles.size(); ++ti)
+    if (direct(tiles[ti]))
+      for (size_t m = 0; m < tiles[ti].query_cols.size(); ++m)
+        tasks.push_back({static_cast<int64_t>(ti), static_cast<int>(m), 0});
+  for (int64_t h = 0; h < heads; ++h)  // head-major: consecutive tasks reuse one head's K/V in cache
+    for (size_t ti = 0; ti < tiles.size(); ++ti)
+      if (!direct(tiles[ti])) tasks.push_back({static_cast<int64_t>(ti), -1, h});
 #pragma omp parallel for schedule(dynamic)
-  for (int64_t task = 0; task < tasks; ++task) {  // head-major: consecutive tasks reuse one head's K/V in cache
-    const int64_t num_tiles = static_cast<int64_t>(tiles.size());
-    run_tile_head<D>(tiles[task % num_tiles], task / num_tiles, q, k, v, out);
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    const Task& task = tasks[i];
+    if (task.m >= 0) {
+      run_query_direct<D>(tiles[task.tile], task.m, q, k, v, out);
+    } else {
+      run_tile_head<D>(tiles[task.tile], task.head, q, k, v, out);
+    }
   }
 }
 

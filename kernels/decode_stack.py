@@ -74,19 +74,31 @@ class DecodeStack:
         self._stack = _C.DecodeStack([[_arg(t) for t in layer] for layer in tensors], _arg(final_ln_w),
                                      _arg(final_ln_b), _arg(head), heads, head_dim, eps)
 
+    @staticmethod
+    def channels(caches: list[tuple[torch.Tensor, torch.Tensor, AttentionRule, AttentionRule]]) -> list[tuple]:
+        """What :meth:`forward` takes for a step's caches, made once per bound cache: per channel (K, V, rule of the
+        even layers, rule of the odd ones), K and V ``[layers, B, rows + 1, heads, head_dim]`` fp32 with
+        ``heads x head_dim`` contiguous (a :class:`~cogvideo_engine.generation.runner.StaticCache`'s bound rows)."""
+        out = []
+        for k, v, even, odd in caches:
+            for t in (k, v):
+                rows_whole = t.dim() == 5 and t.stride()[2:] == (t.shape[3] * t.shape[4], t.shape[4], 1)
+                if t.dtype != torch.float32 or not rows_whole:
+                    raise ValueError("the decode stack's caches are fp32 [layers, B, rows + 1, heads, head_dim] with "
+                                     f"heads x head_dim contiguous, got {t.dtype} {tuple(t.shape)} {t.stride()}")
+            if k.stride() != v.stride():
+                raise ValueError("K and V of a channel must share their layout")
+            out.append((k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1), _rule_arg(even), _rule_arg(odd)))
+        return out
+
     def forward(self, x: torch.Tensor, q_index: torch.Tensor, text_len: torch.Tensor, text_bias: torch.Tensor,
-                caches: list[tuple[torch.Tensor, torch.Tensor, AttentionRule, AttentionRule]], scratch_row: int,
-                want_logits: bool = True) -> torch.Tensor | None:
+                channels: list[tuple], scratch_row: int, want_logits: bool = True) -> torch.Tensor | None:
         """One decode forward of ``x [B, n, h]`` (the embedded inputs: fp32, contiguous; overwritten) for queries
         ``q_index [B, n]`` (int64 stream indices, -1 = padding) of rows with ``text_len [B]`` (int32) and
-        ``text_bias [B]`` (fp32). ``caches``: per channel (K, V, rule of the even layers, rule of the odd ones),
-        K and V ``[layers, B, rows + 1, heads, head_dim]`` fp32 with ``heads x head_dim`` contiguous (a
-        :class:`~cogvideo_engine.generation.runner.StaticCache`'s bound rows); each query's K/V go to its cache row
-        (padding: ``scratch_row``). Returns the logits ``[B, n, V]`` (None without ``want_logits``)."""
+        ``text_bias [B]`` (fp32), over the caches :meth:`channels` describes; each query's K/V go to its cache
+        row (padding: ``scratch_row``). Returns the logits ``[B, n, V]`` (None without ``want_logits``)."""
         b, n, _ = x.shape
         logits = torch.empty(b, n, self.vocab) if want_logits else None
-        channels = [(k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1), _rule_arg(even), _rule_arg(odd))
-                    for k, v, even, odd in caches]
         self._stack.forward(_arg(x.view(b * n, -1)), b, n, q_index.data_ptr(), q_index.stride(0), q_index.stride(1),
                             text_len.data_ptr(), text_bias.data_ptr(), channels, scratch_row,
                             None if logits is None else _arg(logits.view(b * n, -1)))

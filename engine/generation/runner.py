@@ -162,6 +162,7 @@ class StaticCache:
         self.text_len = self._text_len[:b]
         self.k = [t[:, :b] for t in self._k]
         self.v = [t[:, :b] for t in self._v]
+        self.stack_channels: list[tuple] | None = None  # the decode stack's view of k and v, made at its first step
         return self
 
     def row(self, b: int) -> StaticCache:
@@ -169,7 +170,7 @@ class StaticCache:
         view = copy.copy(self)
         view.layouts, view.text_len = [self.layouts[b]], self.text_len[b:b + 1]
         view.k, view.v = [t[:, b:b + 1] for t in self.k], [t[:, b:b + 1] for t in self.v]
-        view.graphs = None
+        view.graphs = view.stack_channels = None
         return view
 
     @property
@@ -409,12 +410,14 @@ class ModelRunner:
 
     def frame_position_ids(self, cache: StaticCache, positions: list[tuple[int, int]]) -> torch.Tensor:
         """``[1, n]`` position ids of frame positions, the same for every row of the cache (a frame's position id
-        follows from its slot and block position, not from the row's text length), made on the device once per
-        cache and set of positions."""
+        follows from its slot and block position, not from the row's text length), computed on the host and made
+        on the device once per cache and set of positions."""
         key = tuple(positions)
         ids = cache.frame_positions.get(key)
         if ids is None:
-            ids = cache.frame_positions[key] = cache.layouts[0].position_id(self.frame_index(cache, positions)[:1])
+            lay = cache.layouts[0]
+            ids = cache.frame_positions[key] = torch.tensor([[lay.position_id(lay.index(s, p)) for s, p in positions]],
+                                                            device=cache.text_len.device)
         return ids
 
     def stepper(self, cache: StaticCache):
@@ -455,10 +458,12 @@ class ModelRunner:
                        text_bias: torch.Tensor, want_logits: bool) -> torch.Tensor | None:
         """:meth:`_layers` with ``invariant`` in one C++ call (``kernels.decode_stack.DecodeStack``)."""
         x = self.model.transformer.word_embeddings(ids) + self.position_table[position]
-        names = (SPATIAL, TEMPORAL) if cache.pass_.mixes_temporal else (SPATIAL,)
-        caches = [(cache.k[c], cache.v[c], cache.rule(name, 0), cache.rule(name, 1)) for c, name in enumerate(names)]
-        return self.decode_stack.forward(x, q_index, cache.text_len.to(torch.int32), text_bias.contiguous(), caches,
-                                         cache.scratch_row, want_logits)
+        if cache.stack_channels is None:  # once per binding of the cache
+            names = (SPATIAL, TEMPORAL) if cache.pass_.mixes_temporal else (SPATIAL,)
+            cache.stack_channels = DecodeStack.channels([(cache.k[c], cache.v[c], cache.rule(name, 0),
+                                                          cache.rule(name, 1)) for c, name in enumerate(names)])
+        return self.decode_stack.forward(x, q_index, cache.text_len.to(torch.int32), text_bias.contiguous(),
+                                         cache.stack_channels, cache.scratch_row, want_logits)
 
     def _layers(self, cache: StaticCache, ids: torch.Tensor, q_index: torch.Tensor, position: torch.Tensor,
                 text_bias: torch.Tensor, want_logits: bool, invariant: bool) -> torch.Tensor | None:

@@ -8,11 +8,20 @@ Passes: stage-1 frames 1-4 for one frame (guided: cond and uncond rows in one fo
 original code attends (sequential, per-query Python index lists + index_select + dense softmax). Then
 super-resolution of ``--sr-frames`` frames (one DSR forward per batch of frames, all 3600 tokens sampled) with
 the DSR model of the same backbone shape, on the chosen backend and on the dense reference attention.
+
+Against the floor: a decode step reads every weight once, so its floor is the weight bytes over the machine's read
+bandwidth, measured in the same run (``torch.sum`` over 1 GiB, the best of 5, before the passes and after them:
+the larger of the two is the bandwidth, so the floor is the lower one). Each pass row reports its decode steps
+(the median step, prefill excluded) as a multiple of that floor, and, where the step runs as the C++ decode stack
+(CPU, fp32), the share of the step outside the weight matmuls (everything but the stack's timed linears:
+attention, LayerNorms, the sampler, the Python around the step).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -133,6 +142,19 @@ def original_style_attention(q, k, v, q_index, text_len, text_bias, rule):
     return out
 
 
+def read_bandwidth(device: str, gib: float = 1.0, reps: int = 5) -> float:
+    """The machine's read bandwidth in bytes/s: ``torch.sum`` over ``gib`` GiB of fp32, the best of ``reps``."""
+    x = torch.ones(int(gib * 2**30) // 4, device=device)
+    best = float("inf")
+    for _ in range(reps + 1):  # the first call warms up
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        x.sum().item()
+        best = min(best, time.perf_counter() - t0)
+    return x.numel() * 4 / best
+
+
 def run_pass(model, stage, text_len, guided, num_targets, schedule, backend, device):
     frame_len = model.config.geometry.frame_len
     gen = torch.Generator().manual_seed(0)
@@ -144,12 +166,18 @@ def run_pass(model, stage, text_len, guided, num_targets, schedule, backend, dev
     runner = ModelRunner(model, backend)
     sampler = ClusterSampler(torch.arange(20000) % 500)
     step_done: list[float] = []  # wall time at the end of each step (the sampled tokens are on the host)
+    linear: list[float] = []  # the decode stack's linear seconds in each step (when it runs the step)
+
+    def progress(done, total):
+        step_done.append(time.perf_counter())
+        if runner.decode_stack is not None:
+            linear.append(runner.decode_stack.last_timings["linear"])
     if device == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     out = generate_pass(model, pass_, text, given, num_targets, sampler, VIDEO_SAMPLING, [(0, 0)],
                         text_bias=0.0 if guided else TEXT_BIAS, guider_text_ids=guider, schedule=schedule,
-                        boi_id=20099, runner=runner, progress=lambda done, total: step_done.append(time.perf_counter()))
+                        boi_id=20099, runner=runner, progress=progress)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -159,7 +187,10 @@ def run_pass(model, stage, text_len, guided, num_targets, schedule, backend, dev
                     if any(int(layout.slot(q)) == first for q in positions))
     rows = 2 if guided else 1
     cache = runner.new_cache([layout] * rows)
-    return out, seconds, cache.nbytes, step_done[last_step] - t0
+    steps = [b - a for a, b in itertools.pairwise(step_done)]  # decode steps (the first one follows the prefill)
+    timing = {"decode_step_ms": 1e3 * statistics.median(steps),
+              "outside_weight_matmuls_fraction": 1 - sum(linear[1:]) / sum(steps) if linear else None}
+    return out, seconds, cache.nbytes, step_done[last_step] - t0, timing
 
 
 def main(argv=None) -> int:
@@ -186,15 +217,17 @@ def main(argv=None) -> int:
             (2, "stage2-window", 2, False, "wavefront", backend),
             (2, "stage2-window", 2, False, "original-style", original_style_attention)]
     models = {}
+    bandwidth = read_bandwidth(args.device)
     runs = [r for r in runs if not args.schedule or r[4] in args.schedule]
+    pass_rows = []
     for stage, label, targets, guided, schedule, attention in [] if args.skip_passes else runs:
         if stage not in models:
             models[stage] = build(args.model, stage, args.device, dtype)
         model = models[stage]
         wbytes = weight_bytes(model)
-        out, seconds, cache_bytes, first_frame_s = run_pass(model, stage, 20 if stage == 1 else 9, guided, targets,
-                                             "sequential" if schedule == "original-style" else schedule,
-                                             attention, args.device)
+        out, seconds, cache_bytes, first_frame_s, timing = run_pass(
+            model, stage, 20 if stage == 1 else 9, guided, targets,
+            "sequential" if schedule == "original-style" else schedule, attention, args.device)
         tokens = out.tokens.numel()
         row = {**env, "bench": "generation", "model": args.model, "pass": label, "schedule": schedule,
                "dtype": str(dtype).removeprefix("torch."),
@@ -204,13 +237,24 @@ def main(argv=None) -> int:
                "ms_per_step": 1e3 * seconds / out.steps, "tokens_per_s": tokens / seconds,
                "kv_cache_bytes": cache_bytes, "weight_bytes": wbytes,
                "weight_gbytes_per_s": wbytes * out.steps / seconds / 1e9,
-               "outside_forward_fraction": 1 - out.forward_seconds / out.seconds}
-        rows.append(row)
+               "outside_forward_fraction": 1 - out.forward_seconds / out.seconds, **timing}
+        pass_rows.append(row)
         print(f"{args.model:7s} {label:22s} {schedule:10s} steps {out.steps:5d}  {row['ms_per_step']:7.2f} ms/step"
               f"  {row['tokens_per_s']:8.1f} tok/s  {seconds:7.2f} s (first frame {first_frame_s:6.2f} s)"
               f"  cache {cache_bytes / 1e6:8.1f} MB"
               f"  weights {row['weight_gbytes_per_s']:6.2f} GB/s"
               f"  outside forward {100 * row['outside_forward_fraction']:4.1f}%", flush=True)
+    bandwidth = max(bandwidth, read_bandwidth(args.device))
+    for row in pass_rows:  # against the floor of the bandwidth measured around the passes
+        floor_ms = 1e3 * row["weight_bytes"] / bandwidth
+        row.update(read_gbytes_per_s=bandwidth / 1e9, weight_floor_ms=floor_ms,
+                   decode_step_vs_floor=row["decode_step_ms"] / floor_ms)
+        rows.append(row)
+        outside = row["outside_weight_matmuls_fraction"]
+        print(f"{row['pass']:22s} {row['schedule']:14s} decode step {row['decode_step_ms']:7.2f} ms = "
+              f"{row['decode_step_vs_floor']:5.2f} x the weight floor {floor_ms:.2f} ms "
+              f"({bandwidth / 1e9:.1f} GB/s read)"
+              + (f", {100 * outside:4.1f}% outside the weight matmuls" if outside is not None else ""), flush=True)
     models.clear()
     sr_frames = args.sr_frames if args.sr_frames is not None else (12 if args.device == "cuda" else 1)
     if sr_frames:

@@ -103,3 +103,11 @@ class DecodeStack:
                             text_len.data_ptr(), text_bias.data_ptr(), channels, scratch_row,
                             None if logits is None else _arg(logits.view(b * n, -1)))
         return logits
+
+    @property
+    def last_timings(self) -> dict[str, float]:
+        """Where the last :meth:`forward`'s time went, wall-clock seconds: ``linear`` (the weight streams: every
+        linear layer and the logits head), ``attention`` (both channels' kernels), ``total`` (the whole call; the
+        rest is LayerNorms, GeLU, residual adds and cache writes)."""
+        linear, attention, total = self._stack.last_timings()
+        return {"linear": linear, "attention": attention, "total": total}

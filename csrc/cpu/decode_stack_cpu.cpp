@@ -3,6 +3,7 @@
 // their own OpenMP loops); LayerNorm, GeLU, the residual adds and the K/V cache writes here, row by row and
 // serially (a decode step has a few rows: this is a few microseconds next to the linears' weight streams).
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -94,11 +95,17 @@ void gelu_tanh(float* x, int64_t n) {
   }
 }
 
+using Clock = std::chrono::steady_clock;
+
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
 void linear(float* out, int64_t out_stride, const float* x, int64_t rows, int64_t k, int64_t x_stride,
-            const TensorView& w, const TensorView* bias) {
+            const TensorView& w, const TensorView* bias, DecodeTimings& timings) {
+  const Clock::time_point t0 = Clock::now();
   TensorView o = matrix(out, rows, w.shape[0], out_stride);
   const TensorView in = matrix(const_cast<float*>(x), rows, k, x_stride);
   linear_rows_cpu(o, in, w, bias);
+  timings.linear += since(t0);
 }
 
 void require(bool ok, const std::string& what) {
@@ -150,7 +157,10 @@ void validate_decode_stack(const DecodeStack& s) {
 }
 
 void decode_stack_cpu(const DecodeStack& s, float* x, int64_t batch, int64_t num_q, const QueryInfo& info,
-                      const DecodeChannel* channels, int num_channels, int64_t scratch_row, float* logits) {
+                      const DecodeChannel* channels, int num_channels, int64_t scratch_row, float* logits,
+                      DecodeTimings* timings_out) {
+  const Clock::time_point start = Clock::now();
+  DecodeTimings timings;
   require(num_channels == 1 || num_channels == 2, "takes 1 or 2 channels");
   require(batch > 0 && num_q > 0 && x != nullptr, "needs rows and x");
   require(3 * static_cast<int64_t>(s.heads) * s.head_dim * num_channels <= s.layers[0].qkv_w.shape[0],
@@ -185,7 +195,7 @@ void decode_stack_cpu(const DecodeStack& s, float* x, int64_t batch, int64_t num
     const DecodeLayer& w = s.layers[l];
     layer_norm(x, a.data(), w.ln_in_w, w.ln_in_b, m_rows, h, s.eps, false);
     const TensorView qkv_b = first_rows(w.qkv_b, qkv_width);
-    linear(qkv.data(), qkv_width, a.data(), m_rows, h, h, first_rows(w.qkv_w, qkv_width), &qkv_b);
+    linear(qkv.data(), qkv_width, a.data(), m_rows, h, h, first_rows(w.qkv_w, qkv_width), &qkv_b, timings);
     for (int c = 0; c < ch; ++c) {
       const DecodeChannel& cc = channels[c];
       float* k_layer = cc.k + static_cast<int64_t>(l) * cc.layer_stride;
@@ -202,27 +212,31 @@ void decode_stack_cpu(const DecodeStack& s, float* x, int64_t batch, int64_t num
       const TensorView k = heads_view(k_layer, batch, s.heads, rule.cache_len(), s.head_dim, h, cc.batch_stride);
       const TensorView v = heads_view(v_layer, batch, s.heads, rule.cache_len(), s.head_dim, h, cc.batch_stride);
       TensorView o = heads_view(ctx.data() + c * h, batch, s.heads, num_q, s.head_dim, ch * h, num_q * ch * h);
+      const Clock::time_point t0 = Clock::now();
       window_attention_cpu(q, k, v, o, info, rule);
+      timings.attention += since(t0);
     }
-    if (any_mixed) linear(out.data(), h, ctx.data(), m_rows, 2 * h, 2 * h, w.mixed_w, &w.mixed_b);
+    if (any_mixed) linear(out.data(), h, ctx.data(), m_rows, 2 * h, 2 * h, w.mixed_w, &w.mixed_b, timings);
     if (any_base) {
       float* target = any_mixed ? (base.resize(m_rows * h), base.data()) : out.data();
-      linear(target, h, ctx.data(), m_rows, h, ch * h, w.base_w, &w.base_b);
+      linear(target, h, ctx.data(), m_rows, h, ch * h, w.base_w, &w.base_b, timings);
       if (any_mixed)
         for (int64_t m = 0; m < m_rows; ++m)
           if (!mixes[m]) std::memcpy(out.data() + m * h, target + m * h, h * sizeof(float));
     }
     layer_norm(out.data(), x, w.ln_third_w, w.ln_third_b, m_rows, h, s.eps, true);
     layer_norm(x, a.data(), w.ln_post_w, w.ln_post_b, m_rows, h, s.eps, false);
-    linear(up.data(), ffn, a.data(), m_rows, h, h, w.up_w, &w.up_b);
+    linear(up.data(), ffn, a.data(), m_rows, h, h, w.up_w, &w.up_b, timings);
     gelu_tanh(up.data(), m_rows * ffn);
-    linear(out.data(), h, up.data(), m_rows, ffn, ffn, w.down_w, &w.down_b);
+    linear(out.data(), h, up.data(), m_rows, ffn, ffn, w.down_w, &w.down_b, timings);
     layer_norm(out.data(), x, w.ln_fourth_w, w.ln_fourth_b, m_rows, h, s.eps, true);
   }
   if (logits != nullptr) {
     layer_norm(x, a.data(), s.final_ln_w, s.final_ln_b, m_rows, h, s.eps, false);
-    linear(logits, s.head.shape[0], a.data(), m_rows, h, h, s.head, nullptr);
+    linear(logits, s.head.shape[0], a.data(), m_rows, h, h, s.head, nullptr, timings);
   }
+  timings.total = since(start);
+  if (timings_out != nullptr) *timings_out = timings;
 }
 
 }  // namespace cogvideo

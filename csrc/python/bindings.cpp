@@ -181,11 +181,16 @@ class DecodeStackHandle {
     const QueryInfo info = query_info(q_index, q_index_stride0, q_index_stride1, text_len, text_bias);
     py::gil_scoped_release release;
     cogvideo::decode_stack_cpu(stack_, static_cast<float*>(xv.data), batch, num_q, info, cs.data(),
-                               static_cast<int>(cs.size()), scratch_row, out);
+                               static_cast<int>(cs.size()), scratch_row, out, &timings_);
+  }
+
+  std::tuple<double, double, double> last_timings() const {
+    return {timings_.linear, timings_.attention, timings_.total};
   }
 
  private:
   cogvideo::DecodeStack stack_;
+  cogvideo::DecodeTimings timings_;
 };
 
 }  // namespace
@@ -228,5 +233,7 @@ PYBIND11_MODULE(_C, m) {
            py::arg("q_index"), py::arg("q_index_stride0"), py::arg("q_index_stride1"), py::arg("text_len"),
            py::arg("text_bias"), py::arg("channels"), py::arg("scratch_row"), py::arg("logits") = py::none(),
            "One decode forward: x [batch * num_q, hidden] updated in place, the caches' K/V rows written, logits "
-           "[batch * num_q, vocab] filled (if given).");
+           "[batch * num_q, vocab] filled (if given).")
+      .def("last_timings", &DecodeStackHandle::last_timings,
+           "(linear, attention, total) seconds of the last forward, wall clock on the calling thread.");
 }

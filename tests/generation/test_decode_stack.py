@@ -107,3 +107,14 @@ def test_decode_stack_refuses_what_does_not_fit():
         ModelRunner(model, "reference", decode_stack=True)
     with pytest.raises(ValueError, match="batch-invariant"):
         ModelRunner(model, "cpu", batch_invariant=False, decode_stack=True)
+
+
+def test_decode_stack_says_where_a_steps_time_went():
+    model = small_model(2)
+    runner = ModelRunner(model, "cpu")
+    gen = torch.Generator().manual_seed(7)
+    texts = [torch.randint(20000, SMALL_BOI, (4,), generator=gen)]
+    given = torch.randint(0, 20000, (1, 3, FRAME), generator=gen)
+    _feed(runner, model, Pass.STAGE2, texts, given, torch.full((1,), 1.4), [([(3, 0)], torch.tensor([[5]]))])
+    t = runner.decode_stack.last_timings
+    assert t["linear"] > 0 and t["attention"] > 0 and t["linear"] + t["attention"] <= t["total"], t

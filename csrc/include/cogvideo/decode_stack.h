@@ -58,6 +58,14 @@ struct DecodeStack {
   float eps = 1e-5f;
 };
 
+// Where a forward's time went (seconds, wall clock on the calling thread): the linears (the weight streams), the
+// attention calls, and the whole call.
+struct DecodeTimings {
+  double linear = 0.0;
+  double attention = 0.0;
+  double total = 0.0;
+};
+
 // Checks a stack's tensors against each other (shapes, fp32, contiguous last dimensions); throws InvalidArgument.
 void validate_decode_stack(const DecodeStack& stack);
 
@@ -66,7 +74,9 @@ void validate_decode_stack(const DecodeStack& stack);
 // `channels` (1 or 2) caches, logits [batch * num_q, V] (fp32, contiguous; null: no logits). A query's cache row is
 // its text row or text_capacity + its frame offset (padding: the scratch row `scratch_row`, never read); frame
 // queries of a 2-channel pass take the mixed output projection, the others the base one. Host pointers.
+// `timings` (may be null) receives where the time went.
 void decode_stack_cpu(const DecodeStack& stack, float* x, int64_t batch, int64_t num_q, const QueryInfo& info,
-                      const DecodeChannel* channels, int num_channels, int64_t scratch_row, float* logits);
+                      const DecodeChannel* channels, int num_channels, int64_t scratch_row, float* logits,
+                      DecodeTimings* timings = nullptr);
 
 }  // namespace cogvideo

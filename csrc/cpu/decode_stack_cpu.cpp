@@ -1,7 +1,9 @@
-// The CPU decode forward in one call (cogvideo/decode_stack.h): the layers' linears through linear_rows_cpu and
-// their attention through window_attention_cpu (both dispatch to this CPU's instruction-set variant and run
-// their own OpenMP loops); LayerNorm, GeLU, the residual adds and the K/V cache writes here, row by row and
-// serially (a decode step has a few rows: this is a few microseconds next to the linears' weight streams).
+// The CPU decode forward in one call (cogvideo/decode_stack.h). Compiled once per instruction-set variant (isa.h)
+// into cogvideo::cpu_<isa>::decode_stack; the entry point decode_stack_cpu (dispatch.cpp) checks the inputs
+// first. The layers' linears go through linear_rows_cpu and their attention through window_attention_cpu (each
+// with its checks and its own OpenMP loop, in the same variant); LayerNorm, GeLU, the residual adds and the K/V
+// cache writes are here, vectorised with the variant's instructions, GeLU over the threads when a step has many
+// rows.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -13,7 +15,11 @@
 #include "cogvideo/linear_rows.h"
 #include "fast_exp.h"
 
+#include "isa.h"  // after every other header: the instruction set of this variant applies to the code below
+
+COGVIDEO_CPU_TARGET_BEGIN
 namespace cogvideo {
+namespace COGVIDEO_CPU_NS {
 namespace {
 
 TensorView matrix(float* data, int64_t rows, int64_t cols, int64_t row_stride) {
@@ -53,13 +59,16 @@ TensorView heads_view(float* data, int64_t batch, int heads, int64_t n, int head
 
 const float* f32(const TensorView& t) { return static_cast<const float*>(t.data); }
 
-// y = LayerNorm(x) * w + b over n elements (mean and variance in double, two passes); `add`: y += that instead.
+// y = LayerNorm(x) * w + b over n elements (mean and variance in double, two passes, vector lanes summed in a
+// fixed order); `add`: y += that instead.
 void layer_norm_row(const float* x, float* y, const TensorView& w, const TensorView& b, int64_t n, float eps,
                     bool add) {
   double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < n; ++j) sum += x[j];
   const double mean = sum / static_cast<double>(n);
   double sq = 0.0;
+#pragma omp simd reduction(+ : sq)
   for (int64_t j = 0; j < n; ++j) {
     const double c = x[j] - mean;
     sq += c * c;
@@ -85,13 +94,21 @@ void layer_norm(const float* x, float* y, const TensorView& w, const TensorView&
 // SwissArmyTransformer's GeLU, 0.5 x (1 + tanh(y)) with y = sqrt(2 / pi) x (1 + 0.044715 x^2), in place, as
 // x / (1 + exp(-2y)): with t = exp(-2|y|) <= 1, x / (1 + t) for y >= 0 and x t / (1 + t) below (no overflow, no
 // cancellation in 1 + tanh).
+inline float gelu_tanh_one(float v) {
+  const float y = 0.7978845608028654f * v * (1.0f + 0.044715f * v * v);
+  const float t = exp_nonpositive(-2.0f * std::fabs(y));
+  const float num = y >= 0.0f ? v : v * t;
+  return num / (1.0f + t);
+}
+
 void gelu_tanh(float* x, int64_t n) {
+  constexpr int64_t kParallelFrom = 1 << 15;  // elements: below this the threads' start-up costs more
+  if (n >= kParallelFrom) {
+#pragma omp parallel for simd schedule(static)
+    for (int64_t j = 0; j < n; ++j) x[j] = gelu_tanh_one(x[j]);
+  } else {  // (not an if clause: GCC 12 runs `parallel for simd if (false)` unvectorised, 10x slower)
 #pragma omp simd
-  for (int64_t j = 0; j < n; ++j) {
-    const float v = x[j];
-    const float y = 0.7978845608028654f * v * (1.0f + 0.044715f * v * v);
-    const float t = exp_nonpositive(-2.0f * std::fabs(y));
-    x[j] = (y >= 0.0f ? v : v * t) / (1.0f + t);
+    for (int64_t j = 0; j < n; ++j) x[j] = gelu_tanh_one(x[j]);
   }
 }
 
@@ -108,63 +125,14 @@ void linear(float* out, int64_t out_stride, const float* x, int64_t rows, int64_
   timings.linear += since(t0);
 }
 
-void require(bool ok, const std::string& what) {
-  if (!ok) throw InvalidArgument("decode_stack: " + what);
-}
-
-void require_vector(const TensorView& t, int64_t n, const std::string& name) {
-  require(t.data != nullptr && t.dtype == DType::kFloat32 && t.ndim == 1 && t.shape[0] >= n && t.stride[0] == 1,
-          name + " must be a contiguous fp32 vector of " + std::to_string(n));
-}
-
-void require_matrix(const TensorView& t, int64_t rows, int64_t cols, const std::string& name) {
-  require(t.data != nullptr && t.dtype == DType::kFloat32 && t.ndim == 2 && t.shape[0] >= rows &&
-              t.shape[1] == cols && t.stride[1] == 1,
-          name + " must be an fp32 [" + std::to_string(rows) + ", " + std::to_string(cols) +
-              "] matrix with a contiguous last dimension");
-}
-
 }  // namespace
 
-void validate_decode_stack(const DecodeStack& s) {
-  require(s.heads > 0 && s.head_dim > 0 && !s.layers.empty(), "needs heads, a head dim and at least one layer");
-  const int64_t h = static_cast<int64_t>(s.heads) * s.head_dim;
-  for (size_t i = 0; i < s.layers.size(); ++i) {
-    const DecodeLayer& l = s.layers[i];
-    const std::string at = "layer " + std::to_string(i) + " ";
-    require_vector(l.ln_in_w, h, at + "ln_in_w");
-    require_vector(l.ln_in_b, h, at + "ln_in_b");
-    require_matrix(l.qkv_w, 3 * h, h, at + "qkv_w");
-    require_vector(l.qkv_b, l.qkv_w.shape[0], at + "qkv_b");
-    require_matrix(l.base_w, h, h, at + "base_w");
-    require_vector(l.base_b, h, at + "base_b");
-    require_matrix(l.mixed_w, h, 2 * h, at + "mixed_w");
-    require_vector(l.mixed_b, h, at + "mixed_b");
-    require_vector(l.ln_third_w, h, at + "ln_third_w");
-    require_vector(l.ln_third_b, h, at + "ln_third_b");
-    require_vector(l.ln_post_w, h, at + "ln_post_w");
-    require_vector(l.ln_post_b, h, at + "ln_post_b");
-    require_matrix(l.up_w, l.up_w.shape[0], h, at + "up_w");
-    require_vector(l.up_b, l.up_w.shape[0], at + "up_b");
-    require_matrix(l.down_w, h, l.up_w.shape[0], at + "down_w");
-    require_vector(l.down_b, h, at + "down_b");
-    require_vector(l.ln_fourth_w, h, at + "ln_fourth_w");
-    require_vector(l.ln_fourth_b, h, at + "ln_fourth_b");
-  }
-  require_vector(s.final_ln_w, h, "final_ln_w");
-  require_vector(s.final_ln_b, h, "final_ln_b");
-  require_matrix(s.head, s.head.shape[0], h, "head");
-}
-
-void decode_stack_cpu(const DecodeStack& s, float* x, int64_t batch, int64_t num_q, const QueryInfo& info,
-                      const DecodeChannel* channels, int num_channels, int64_t scratch_row, float* logits,
-                      DecodeTimings* timings_out) {
+// Inputs checked by the entry point (dispatch.cpp: decode_stack_cpu).
+void decode_stack(const DecodeStack& s, float* x, int64_t batch, int64_t num_q, const QueryInfo& info,
+                  const DecodeChannel* channels, int num_channels, int64_t scratch_row, float* logits,
+                  DecodeTimings* timings_out) {
   const Clock::time_point start = Clock::now();
   DecodeTimings timings;
-  require(num_channels == 1 || num_channels == 2, "takes 1 or 2 channels");
-  require(batch > 0 && num_q > 0 && x != nullptr, "needs rows and x");
-  require(3 * static_cast<int64_t>(s.heads) * s.head_dim * num_channels <= s.layers[0].qkv_w.shape[0],
-          "the stack's qkv weights hold fewer channels than the step asks for");
   const int ch = num_channels;
   const int64_t h = static_cast<int64_t>(s.heads) * s.head_dim, m_rows = batch * num_q;
   const int64_t qkv_width = 3 * h * ch, ffn = s.layers[0].up_w.shape[0];
@@ -239,4 +207,6 @@ void decode_stack_cpu(const DecodeStack& s, float* x, int64_t batch, int64_t num
   if (timings_out != nullptr) *timings_out = timings;
 }
 
+}  // namespace COGVIDEO_CPU_NS
 }  // namespace cogvideo
+COGVIDEO_CPU_TARGET_END

@@ -8,14 +8,15 @@
 #include <vector>
 
 #include "cogvideo/cpu_isa.h"
+#include "cogvideo/decode_stack.h"
 #include "cogvideo/linear_rows.h"
 #include "cogvideo/local_attention.h"
 #include "cogvideo/window_attention.h"
 
 namespace cogvideo {
 
-// The kernels of one variant (window_attention_cpu.cpp, local_attention_cpu.cpp and linear_rows_cpu.cpp in
-// namespace cpu_<name>), called with checked inputs.
+// The kernels of one variant (window_attention_cpu.cpp, local_attention_cpu.cpp, linear_rows_cpu.cpp and
+// decode_stack_cpu.cpp in namespace cpu_<name>), called with checked inputs.
 #define COGVIDEO_DECLARE_CPU_VARIANT(ns)                                                                      \
   namespace ns {                                                                                              \
   void window_attention(const TensorView& q, const TensorView& k, const TensorView& v, TensorView& out,       \
@@ -23,6 +24,9 @@ namespace cogvideo {
   void local_attention(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& k_low, \
                        const TensorView& v_low, TensorView& out, const LocalGeometry& geometry);              \
   void linear_rows(TensorView& out, const TensorView& x, const TensorView& w, const TensorView* bias);          \
+  void decode_stack(const DecodeStack& stack, float* x, int64_t batch, int64_t num_q, const QueryInfo& info,     \
+                    const DecodeChannel* channels, int num_channels, int64_t scratch_row, float* logits,        \
+                    DecodeTimings* timings);                                                                  \
   }
 
 #ifdef COGVIDEO_HAVE_CPU_NATIVE
@@ -46,6 +50,7 @@ struct Variant {
   decltype(&window_attention_cpu) window;
   decltype(&local_attention_cpu) local;
   decltype(&linear_rows_cpu) linear;
+  decltype(&decode_stack_cpu) decode;
 };
 
 [[maybe_unused]] bool always() { return true; }
@@ -77,16 +82,20 @@ struct Variant {
 // Best first.
 const Variant kVariants[] = {
 #ifdef COGVIDEO_HAVE_CPU_NATIVE
-    {"native", always, cpu_native::window_attention, cpu_native::local_attention, cpu_native::linear_rows},
+    {"native", always, cpu_native::window_attention, cpu_native::local_attention, cpu_native::linear_rows,
+     cpu_native::decode_stack},
 #endif
 #ifdef COGVIDEO_HAVE_CPU_AVX512
-    {"avx512", x86_64_v4, cpu_avx512::window_attention, cpu_avx512::local_attention, cpu_avx512::linear_rows},
+    {"avx512", x86_64_v4, cpu_avx512::window_attention, cpu_avx512::local_attention, cpu_avx512::linear_rows,
+     cpu_avx512::decode_stack},
 #endif
 #ifdef COGVIDEO_HAVE_CPU_AVX2
-    {"avx2", x86_64_v3, cpu_avx2::window_attention, cpu_avx2::local_attention, cpu_avx2::linear_rows},
+    {"avx2", x86_64_v3, cpu_avx2::window_attention, cpu_avx2::local_attention, cpu_avx2::linear_rows,
+     cpu_avx2::decode_stack},
 #endif
 #ifdef COGVIDEO_HAVE_CPU_BASELINE
-    {"baseline", always, cpu_baseline::window_attention, cpu_baseline::local_attention, cpu_baseline::linear_rows},
+    {"baseline", always, cpu_baseline::window_attention, cpu_baseline::local_attention, cpu_baseline::linear_rows,
+     cpu_baseline::decode_stack},
 #endif
 };
 static_assert(sizeof(kVariants) > 0, "no CPU kernel variant compiled (COGVIDEO_HAVE_CPU_<NAME>)");
@@ -210,6 +219,70 @@ void validate_linear_rows(const TensorView& out, const TensorView& x, const Tens
 void linear_rows_cpu(TensorView& out, const TensorView& x, const TensorView& w, const TensorView* bias) {
   validate_linear_rows(out, x, w, bias);
   current().linear(out, x, w, bias);
+}
+
+
+namespace {
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw InvalidArgument("decode_stack: " + what);
+}
+
+void require_vector(const TensorView& t, int64_t n, const std::string& name) {
+  require(t.data != nullptr && t.dtype == DType::kFloat32 && t.ndim == 1 && t.shape[0] >= n && t.stride[0] == 1,
+          name + " must be a contiguous fp32 vector of " + std::to_string(n));
+}
+
+void require_matrix(const TensorView& t, int64_t rows, int64_t cols, const std::string& name) {
+  require(t.data != nullptr && t.dtype == DType::kFloat32 && t.ndim == 2 && t.shape[0] >= rows &&
+              t.shape[1] == cols && t.stride[1] == 1,
+          name + " must be an fp32 [" + std::to_string(rows) + ", " + std::to_string(cols) +
+              "] matrix with a contiguous last dimension");
+}
+
+}  // namespace
+
+void validate_decode_stack(const DecodeStack& s) {
+  require(s.heads > 0 && s.head_dim > 0 && !s.layers.empty(), "needs heads, a head dim and at least one layer");
+  const int64_t h = static_cast<int64_t>(s.heads) * s.head_dim;
+  for (size_t i = 0; i < s.layers.size(); ++i) {
+    const DecodeLayer& l = s.layers[i];
+    const std::string at = "layer " + std::to_string(i) + " ";
+    require_vector(l.ln_in_w, h, at + "ln_in_w");
+    require_vector(l.ln_in_b, h, at + "ln_in_b");
+    require_matrix(l.qkv_w, 3 * h, h, at + "qkv_w");
+    require_vector(l.qkv_b, l.qkv_w.shape[0], at + "qkv_b");
+    require_matrix(l.base_w, h, h, at + "base_w");
+    require_vector(l.base_b, h, at + "base_b");
+    require_matrix(l.mixed_w, h, 2 * h, at + "mixed_w");
+    require_vector(l.mixed_b, h, at + "mixed_b");
+    require_vector(l.ln_third_w, h, at + "ln_third_w");
+    require_vector(l.ln_third_b, h, at + "ln_third_b");
+    require_vector(l.ln_post_w, h, at + "ln_post_w");
+    require_vector(l.ln_post_b, h, at + "ln_post_b");
+    require_matrix(l.up_w, l.up_w.shape[0], h, at + "up_w");
+    require_vector(l.up_b, l.up_w.shape[0], at + "up_b");
+    require_matrix(l.down_w, h, l.up_w.shape[0], at + "down_w");
+    require_vector(l.down_b, h, at + "down_b");
+    require_vector(l.ln_fourth_w, h, at + "ln_fourth_w");
+    require_vector(l.ln_fourth_b, h, at + "ln_fourth_b");
+  }
+  require_vector(s.final_ln_w, h, "final_ln_w");
+  require_vector(s.final_ln_b, h, "final_ln_b");
+  require_matrix(s.head, s.head.shape[0], h, "head");
+}
+
+
+void decode_stack_cpu(const DecodeStack& stack, float* x, int64_t batch, int64_t num_q, const QueryInfo& info,
+                      const DecodeChannel* channels, int num_channels, int64_t scratch_row, float* logits,
+                      DecodeTimings* timings) {
+  require(num_channels == 1 || num_channels == 2, "takes 1 or 2 channels");
+  require(batch > 0 && num_q > 0 && x != nullptr && channels != nullptr, "needs rows, x and the caches");
+  require(3 * static_cast<int64_t>(stack.heads) * stack.head_dim * num_channels <= stack.layers[0].qkv_w.shape[0],
+          "the stack's qkv weights hold fewer channels than the step asks for");
+  require(info.q_index != nullptr && info.text_len != nullptr && info.text_bias != nullptr,
+          "needs q_index, text_len and text_bias");
+  current().decode(stack, x, batch, num_q, info, channels, num_channels, scratch_row, logits, timings);
 }
 
 }  // namespace cogvideo

@@ -88,6 +88,11 @@ pytest_parallel() {  # pytest-xdist workers for the kernel tests: half the cores
     if [ $n -ge 2 ] && $PY -c "import xdist" 2> /dev/null; then echo "-n $n"; fi
 }
 
+# the pytest steps: inductor compiles in the test process (its pool of compile workers kept pytest-xdist workers
+# from exiting, each waiting 300 s on the pool: the first GPU run lost its test summary to the step's timeout), and
+# each failure's report is written as it arrives (tests/conftest.py), so a timeout keeps what failed and why
+pytest_env() { echo "TORCHINDUCTOR_COMPILE_THREADS=1 COGVIDEO_FAILURE_LOG=$results/$1-failures.txt"; }
+
 KERNEL_TESTS="tests/kernels/test_triton_attention.py tests/kernels/test_csrc_attention.py
     tests/kernels/test_backends.py tests/kernels/test_triton_local_attention.py
     tests/kernels/test_csrc_local_attention.py tests/kernels/test_local_backends.py
@@ -134,17 +139,20 @@ step ctest 20 needs-ext -- bash -c 'set -e
 
 if [ -z "$DRY" ]; then
     # shellcheck disable=SC2046,SC2086
-    step kernel-tests 80 -- "$PY" -m pytest -q -p no:cacheprovider $(pytest_parallel) -m "not compile_heavy" \
+    # shellcheck disable=SC2046
+    step kernel-tests 120 -- env $(pytest_env kernel-tests) \
+        "$PY" -m pytest -v -p no:cacheprovider $(pytest_parallel) -m "not compile_heavy" \
         $KERNEL_TESTS --junitxml="$results/kernel-tests.xml"
     # shellcheck disable=SC2086
-    step engine-gpu-tests 45 -- "$PY" -m pytest -q -p no:cacheprovider -m gpu $ENGINE_GPU_TESTS \
-        --junitxml="$results/engine-gpu-tests.xml"
+    # shellcheck disable=SC2046
+    step engine-gpu-tests 120 -- env $(pytest_env engine-gpu-tests) \
+        "$PY" -m pytest -v -p no:cacheprovider -m gpu $ENGINE_GPU_TESTS --junitxml="$results/engine-gpu-tests.xml"
     if [ "$MODE" = full ]; then IMPLS="--impl triton --impl cuda --impl sdpa --impl gather"
     else IMPLS="--impl triton --impl sdpa --impl gather"; fi
     # shellcheck disable=SC2086
     step bench-window 30 -- "$PY" bench/run_attention.py --device cuda --dtype bf16 $IMPLS \
         --out "$results/attention-bf16.json"
-    step bench-local 25 -- "$PY" bench/run_local_attention.py --device cuda --dtype bf16 --frames 12 \
+    step bench-local 45 -- "$PY" bench/run_local_attention.py --device cuda --dtype bf16 --frames 12 \
         --out "$results/local-attention-bf16.json"
     # the real 7.7 B shapes (random weights drawn on the GPU): guided stage-1 frame and stage-2 window on the
     # wavefront (CUDA-graph decode steps), then 12 frames of super-resolution
@@ -162,11 +170,12 @@ if [ -z "$DRY" ]; then
         --only-first-stage --no-plot --out "$results/serving-medium.json"
 else  # the same steps in a CPU form with smaller budgets: the kernel tests' CPU cases, small benchmarks,
       # the tiny model
-    step kernel-tests 20 -- "$PY" -m pytest -q -p no:cacheprovider -m "not compile_heavy" \
-        tests/kernels/test_csrc_attention.py tests/kernels/test_local_backends.py --junitxml="$results/kernel-tests.xml"
-    # shellcheck disable=SC2086
-    step engine-gpu-tests 20 -- "$PY" -m pytest -q -p no:cacheprovider -m gpu $ENGINE_GPU_TESTS \
-        --junitxml="$results/engine-gpu-tests.xml"
+    # shellcheck disable=SC2046
+    step kernel-tests 20 -- env $(pytest_env kernel-tests) "$PY" -m pytest -q -p no:cacheprovider \
+        -m "not compile_heavy" tests/kernels/test_csrc_attention.py tests/kernels/test_local_backends.py --junitxml="$results/kernel-tests.xml"
+    # shellcheck disable=SC2046,SC2086
+    step engine-gpu-tests 20 -- env $(pytest_env engine-gpu-tests) "$PY" -m pytest -q -p no:cacheprovider -m gpu \
+        $ENGINE_GPU_TESTS --junitxml="$results/engine-gpu-tests.xml"
     step bench-window 15 needs-ext -- "$PY" bench/run_attention.py --device cpu --impl cpu --impl sdpa \
         --case stage2-decode-b1-q1 --case stage1-decode-b8-q1 --reps 2 --out "$results/attention-cpu.json"
     step bench-local 15 needs-ext -- "$PY" bench/run_local_attention.py --device cpu --impl cpu --reps 1 \

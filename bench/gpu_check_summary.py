@@ -66,9 +66,10 @@ def text_headline(name: str, text: str) -> dict:
     if name == "ctest":
         m = re.search(r"(\d+)% tests passed, (\d+) tests failed out of (\d+)", text)
         return {"passed_percent": int(m[1]), "failed": int(m[2]), "total": int(m[3])} if m else {}
-    if name == "info":
-        return {"available": [m[2] for m in re.finditer(r"^\s+(yes)\s+(\S+)", text, re.M)],
-                "unavailable": [m[2] for m in re.finditer(r"^\s+(no)\s+(\S+)", text, re.M)],
+    if name == "info":  # per device: the backends that run there
+        devices = re.split(r"^attention backends on (\S+):$", text, flags=re.M)
+        return {"available": {dev: re.findall(r"^\s+yes\s+(\S+)", part, re.M)
+                              for dev, part in zip(devices[1::2], devices[2::2], strict=True)},
                 "lines": text.splitlines()[:3]}
     if name == "gpu":
         return {"device": [line.strip() for line in text.splitlines()[:3]]}

@@ -18,6 +18,14 @@ if specializations.COUNTING:  # count the specializations a GPU run would compil
 
 from helpers.golden import GOLDEN_DIR
 
+if os.environ.get("COGVIDEO_FAILURE_LOG") and not os.environ.get("PYTEST_XDIST_WORKER"):
+    def pytest_runtest_logreport(report):
+        """Each failure's report, appended to $COGVIDEO_FAILURE_LOG as it arrives (the GPU check reads it when a
+        step's timeout stops pytest before its summary)."""
+        if report.failed:
+            with open(os.environ["COGVIDEO_FAILURE_LOG"], "a") as log:
+                log.write(f"==== {report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
+
 
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:

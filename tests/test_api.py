@@ -106,6 +106,7 @@ def test_offload_moves_each_model_for_its_stage_only(engine):
     assert offloaded.offload_to == torch.device("cpu")
     assert torch.equal(offloaded.generate("a cat", FAST)[0].tokens, engine.generate("a cat", FAST)[0].tokens)
     assert next(offloaded.stage1_model.parameters()).device.type == "cpu"
+    assert offloaded.core._resident is None  # the last stage's model went home when the call finished
 
 
 @pytest.mark.gpu

@@ -287,6 +287,9 @@ class EngineCore:
                 try:
                     while not until() and self.step():
                         pass
+                    if until():  # done here: with offload the resident model goes home unless more work waits
+                        with self._lock:
+                            self._go_idle()
                 finally:
                     self._driver.release()
                 if not until():

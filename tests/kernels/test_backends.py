@@ -14,7 +14,7 @@ from helpers.kernel_cases import assert_matches_reference, fake_and_real_strides
 from helpers.models import SMALL_BOI, SMALL_GEOMETRY, small_model
 from helpers.numerics import MODEL_FACTOR, assert_fp_close
 
-_device = "cuda" if torch.cuda.is_available() else "cpu"
+_device = "cuda" if torch.cuda.is_available() else "cpu"  # where the Triton kernel runs (else the interpreter)
 triton_ready = {s.name: s for s in backend_status(_device)}["triton"]
 needs_triton = pytest.mark.skipif(not triton_ready.available, reason=f"triton backend: {triton_ready.reason}")
 cpu_ready = {s.name: s for s in backend_status("cpu")}["cpu"]
@@ -34,12 +34,14 @@ def test_registry_names_and_reasons(monkeypatch):
     assert "attention backends on cpu" in report()
 
 
-@pytest.mark.parametrize("op_name,ready", [("window_attention_triton", triton_ready),
-                                           ("window_attention_csrc", cpu_ready)])
-def test_op_registration_passes_opcheck(op_name, ready):
+OPS = [("window_attention_triton", triton_ready, _device), ("window_attention_csrc", cpu_ready, "cpu")]
+
+
+@pytest.mark.parametrize("op_name,ready,device", OPS)
+def test_op_registration_passes_opcheck(op_name, ready, device):
     if not ready.available:
         pytest.skip(f"{ready.name} backend: {ready.reason}")
-    torch.library.opcheck(_op(op_name), _op_args(torch.randn(2, 2, 5, 16)))
+    torch.library.opcheck(_op(op_name), _op_args(torch.randn(2, 2, 5, 16, device=device)))
 
 
 def _op(op_name: str):
@@ -49,35 +51,38 @@ def _op(op_name: str):
 
 
 def _op_args(q: torch.Tensor) -> tuple:
-    """A window op's arguments around queries ``q [2, 2, 5, 16]``: a stage-2 temporal launch, two sequences."""
+    """A window op's arguments around queries ``q [2, 2, 5, 16]`` (on q's device): a stage-2 temporal launch, two
+    sequences."""
     from cogvideo_engine.kernels.ops import rule_args
 
     rule = AttentionRule(Pass.STAGE2, "temporal", 1, SMALL_GEOMETRY, text_capacity=3)
-    k, v = torch.randn(2, 2, rule.cache_len, 16), torch.randn(2, 2, rule.cache_len, 16)
+    k, v = (torch.randn(2, 2, rule.cache_len, 16, device=q.device) for _ in range(2))
     lay = StreamLayout(Pass.STAGE2, 3, 2, SMALL_GEOMETRY)
-    q_index = torch.tensor([[0, lay.index(0, 5), lay.index(2, 15), lay.index(3, 3), lay.index(4, 0)]] * 2)
-    return (q, k, v, q_index, torch.tensor([3, 2]), torch.tensor([1.4, 0.0]), *rule_args(rule))
+    q_index = torch.tensor([[0, lay.index(0, 5), lay.index(2, 15), lay.index(3, 3), lay.index(4, 0)]] * 2,
+                           device=q.device)
+    return (q, k, v, q_index, torch.tensor([3, 2], device=q.device), torch.tensor([1.4, 0.0], device=q.device),
+            *rule_args(rule))
 
 
-@pytest.mark.parametrize("op_name,ready", [("window_attention_triton", triton_ready),
-                                           ("window_attention_csrc", cpu_ready)])
-def test_op_fake_returns_the_kernel_strides(op_name, ready):
+@pytest.mark.parametrize("op_name,ready,device", OPS)
+def test_op_fake_returns_the_kernel_strides(op_name, ready, device):
     """What torch.compile plans with (the fake) is what the kernel makes, for queries in any layout."""
     if not ready.available:
         pytest.skip(f"{ready.name} backend: {ready.reason}")
     op = _op(op_name)
     strides = set()
-    for q in query_layouts(torch.randn(2, 2, 5, 16)):
+    for q in query_layouts(torch.randn(2, 2, 5, 16, device=device)):
         fake, real = fake_and_real_strides(op, _op_args(q))
         assert fake == real, q.stride()
         strides.add(real)
     assert len(strides) == 2  # like q when its last dimension is unit-stride, else contiguous
 
 
-def _model_matches_reference(pass_, backend):
-    """Logits of the fp32 model on ``backend`` against the fp64 reference model, bounded by the fp32 reference
-    model's own error there: the full teacher-forced forward, then the cached step path."""
-    model, exact_model = small_model(pass_.model_stage), small_model(pass_.model_stage, dtype=torch.float64)
+def _model_matches_reference(pass_, backend, device="cpu"):
+    """Logits of the fp32 model on ``backend`` (on ``device``) against the fp64 reference model on the CPU, bounded
+    by the fp32 reference model's own error there (on ``device``): the full teacher-forced forward, then the cached
+    step path."""
+    model, exact_model = small_model(pass_.model_stage).to(device), small_model(pass_.model_stage, dtype=torch.float64)
     gen = torch.Generator().manual_seed(1)
     layout = StreamLayout(pass_, 4, pass_.max_targets, SMALL_GEOMETRY)
     frame = SMALL_GEOMETRY.frame_len
@@ -85,21 +90,23 @@ def _model_matches_reference(pass_, backend):
                            torch.randint(0, 20000, (2, layout.num_given, frame), generator=gen),
                            torch.randint(0, 20000, (2, layout.num_targets, frame), generator=gen), SMALL_BOI)
     exact = exact_model.forward_full(ids, layout, 1.4)
-    assert_fp_close(model.forward_full(ids, layout, 1.4, backend=backend), exact,
-                    model.forward_full(ids, layout, 1.4, backend="reference"), what="full forward", factor=MODEL_FACTOR)
+    on = ids.to(device)
+    assert_fp_close(model.forward_full(on, layout, 1.4, backend=backend).cpu(), exact,
+                    model.forward_full(on, layout, 1.4, backend="reference").cpu(), what="full forward",
+                    factor=MODEL_FACTOR)
     caches = [m.new_cache(layout, 2) for m in (exact_model, model, model)]
     ctx = layout.context_len
     for lo, hi in [(0, ctx), (ctx, ctx + 1), (ctx + 1, ctx + 2)]:
-        exact_part, ref, fused = (m.extend(c, ids[:, lo:hi], range(lo, hi), 1.4, backend=b) for m, c, b in
-                                  zip((exact_model, model, model), caches, ("reference", "reference", backend),
-                                      strict=True))
+        exact_part, ref, fused = (m.extend(c, x[:, lo:hi], range(lo, hi), 1.4, backend=b).cpu() for m, c, x, b in
+                                  zip((exact_model, model, model), caches, (ids, on, on),
+                                      ("reference", "reference", backend), strict=True))
         assert_fp_close(fused, exact_part, ref, what=f"extend {lo}..{hi}", factor=MODEL_FACTOR)
 
 
 @needs_triton
 @pytest.mark.parametrize("pass_", list(Pass))
 def test_model_on_triton_matches_the_reference(pass_):
-    _model_matches_reference(pass_, "triton")
+    _model_matches_reference(pass_, "triton", _device)
 
 
 @needs_cpu

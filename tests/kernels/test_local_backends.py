@@ -11,7 +11,8 @@ from helpers.local_cases import make_inputs
 from helpers.models import SMALL_BOI, SMALL_LOCAL, small_dsr
 from helpers.numerics import MODEL_FACTOR, assert_fp_close, float64_copy
 
-_status = {s.name: s for s in local_backend_status("cuda" if torch.cuda.is_available() else "cpu")}
+_device = "cuda" if torch.cuda.is_available() else "cpu"  # where the Triton kernel runs (else the interpreter)
+_status = {s.name: s for s in local_backend_status(_device)}
 _cpu = {s.name: s for s in local_backend_status("cpu")}["cpu"]
 
 
@@ -66,6 +67,8 @@ def test_dsr_model_on_each_backend_matches_the_reference(backend):
     _require(_status["triton"] if backend == "triton" else _cpu)
     model = small_dsr(seed=7)
     low = torch.randint(0, 20000, (1, SMALL_LOCAL.num_low), generator=torch.Generator().manual_seed(4))
-    ref = model.hidden_states([[3, 1, 4]], low, SMALL_BOI, backend="reference")
     exact = float64_copy(model).hidden_states([[3, 1, 4]], low, SMALL_BOI, backend="reference")
-    assert_fp_close(model.hidden_states([[3, 1, 4]], low, SMALL_BOI, backend=backend), exact, ref, factor=MODEL_FACTOR)
+    model.to(_device if backend == "triton" else "cpu")  # (the fp32 model where the backend runs)
+    ref = model.hidden_states([[3, 1, 4]], low, SMALL_BOI, backend="reference").cpu()
+    assert_fp_close(model.hidden_states([[3, 1, 4]], low, SMALL_BOI, backend=backend).cpu(), exact, ref,
+                    factor=MODEL_FACTOR)

@@ -77,7 +77,7 @@ def test_path_choice_and_its_errors():
     k, v = make_cache(rule, [5, 2], 2, 1, 16, torch.float32, DEVICE)
     q = torch.randn(2, 1, 2, 16, device=DEVICE)
     args = (q, k, v, q_index.to(DEVICE), torch.tensor([5, 2], device=DEVICE), torch.tensor([1.4, 0.0], device=DEVICE))
-    by_default, on_decode = torch.zeros(4, dtype=torch.int64), torch.zeros(4, dtype=torch.int64)
+    by_default, on_decode = (torch.zeros(4, dtype=torch.int64, device=DEVICE) for _ in range(2))
     kernel(*args, rule, counts=by_default)
     kernel(*args, rule, path="decode", counts=on_decode)
     assert torch.equal(by_default, on_decode)  # up to DECODE_MAX_QUERIES queries per sequence: the decode path
@@ -156,8 +156,8 @@ def test_input_checks(monkeypatch):
     with pytest.raises(ValueError, match="share one floating-point dtype"):
         kernel(q, k.half(), k.half(), rule=rule, **good)
     with pytest.raises(ValueError, match="head dim 24 is not supported by the triton backend"):
-        kernel(torch.randn(1, 2, 3, 24), torch.randn(1, 2, rule.cache_len, 24),
-               torch.randn(1, 2, rule.cache_len, 24), rule=rule, **good)
+        kernel(torch.randn(1, 2, 3, 24, device=DEVICE), torch.randn(1, 2, rule.cache_len, 24, device=DEVICE),
+               torch.randn(1, 2, rule.cache_len, 24, device=DEVICE), rule=rule, **good)
     with pytest.raises(ValueError, match=r"takes fp16, bf16 or fp32 inputs, got torch\.float64"):
         kernel(q.double(), k.double(), k.double(), rule=rule, **good)
     monkeypatch.setattr(triton_common, "INTERPRETED", False)

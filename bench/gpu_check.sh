@@ -139,12 +139,9 @@ step ctest 20 needs-ext -- bash -c 'set -e
 
 if [ -z "$DRY" ]; then
     # shellcheck disable=SC2046,SC2086
-    # shellcheck disable=SC2046
-    step kernel-tests 120 -- env $(pytest_env kernel-tests) \
-        "$PY" -m pytest -v -p no:cacheprovider $(pytest_parallel) -m "not compile_heavy" \
-        $KERNEL_TESTS --junitxml="$results/kernel-tests.xml"
-    # shellcheck disable=SC2086
-    # shellcheck disable=SC2046
+    step kernel-tests 120 -- env $(pytest_env kernel-tests) "$PY" -m pytest -v -p no:cacheprovider $(pytest_parallel) \
+        -m "not compile_heavy" $KERNEL_TESTS --junitxml="$results/kernel-tests.xml"
+    # shellcheck disable=SC2046,SC2086
     step engine-gpu-tests 120 -- env $(pytest_env engine-gpu-tests) \
         "$PY" -m pytest -v -p no:cacheprovider -m gpu $ENGINE_GPU_TESTS --junitxml="$results/engine-gpu-tests.xml"
     if [ "$MODE" = full ]; then IMPLS="--impl triton --impl cuda --impl sdpa --impl gather"
@@ -161,9 +158,9 @@ if [ -z "$DRY" ]; then
     step generation-medium 30 -- "$PY" bench/run_generation.py --model medium --device cuda --sr-frames 0 \
         --out "$results/generation-medium.json"
     # shellcheck disable=SC2086
-    step bench-window-fp16 20 -- "$PY" bench/run_attention.py --device cuda --dtype fp16 ${IMPLS/--impl gather/} \
+    step bench-window-fp16 30 -- "$PY" bench/run_attention.py --device cuda --dtype fp16 ${IMPLS/--impl gather/} \
         --out "$results/attention-fp16.json"
-    step bench-flex 30 -- "$PY" bench/run_attention.py --device cuda --dtype bf16 --impl flex \
+    step bench-flex 45 -- "$PY" bench/run_attention.py --device cuda --dtype bf16 --impl flex \
         --case stage2-prefill-3frames-odd --case stage2-decode-b1-q1 --out "$results/attention-bf16-flex.json"
     # serving: two medium-shape stage-1 requests one at a time, then together through the AsyncEngine
     step serving-medium 45 -- "$PY" bench/run_serving.py --model medium --device cuda --n 2 --arrival together \

@@ -9,6 +9,9 @@ against float64 (``helpers/numerics.py``'s rule):
 
 * ``linear_rows`` -- the batch-invariant C++ kernel (``kernels/batch_invariant.py``; the CPU kernel variant is
   ``_C.cpu_isa()``, recorded in every row),
+* ``linear_rows-bf16`` -- the same kernel on the bf16-rounded weight (half the bytes, widened to fp32 as it is
+  read): checked against float64 of the rounded weight, and its error against the fp32 weight's exact product
+  recorded as ``rel_err_vs_fp32_weight`` (``max |out - exact| / max |exact|``),
 * ``mm``          -- ``torch.mm(w, x.t())``, the product alone (no bias, the result ``[N, M]`` left transposed):
   the BLAS's weight-streaming path for a few rows, timed as the engine's small-row path calls it,
 * ``F.linear``    -- ``torch.nn.functional.linear(x, w, b)``.
@@ -23,8 +26,8 @@ another process waits for the scheduler (4 to 12 ms, whatever the problem). So t
 outside this process is read from ``/proc`` around each round, and a round during which other processes used
 more than ``--max-others`` of a core is measured again, after waiting (up to ``--wait-s``) for a second in which
 they use less (up to ``--retries`` times; each row records the share of its kept rounds in ``others_cpu`` and the
-retries in ``retried``). ``weight_gbytes_per_s`` is ``N * K * 4`` bytes
-over the time: the weight matrix streams once per call.
+retries in ``retried``). ``weight_gbytes_per_s`` is the weight's bytes (``N * K * 4``, bf16 ``N * K * 2``) over the
+time: the weight matrix streams once per call.
 """
 
 from __future__ import annotations
@@ -60,8 +63,10 @@ ROWS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def implementations(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> dict:
+    w16 = w.bfloat16()
     return {
         "linear_rows": lambda: linear_rows(x, w, b),
+        "linear_rows-bf16": lambda: linear_rows(x, w16, b),
         "mm": lambda: torch.mm(w, x.t()),
         "F.linear": lambda: F.linear(x, w, b),
     }
@@ -127,11 +132,16 @@ def run(rows: JsonRows, threads: int, reps: int, rounds: int, shapes: list[str],
             impls = implementations(x, w, b)
             exact = F.linear(x.double(), w.double(), b.double())
             own = F.linear(x, w, b)
-            errors = {}
+            errors, vs_fp32 = {}, {}
             for impl, fn in impls.items():
                 if impl == "mm":  # no bias, transposed
                     errors[impl] = assert_fp_close(fn().t(), F.linear(x.double(), w.double()), F.linear(x, w),
                                                    what=f"{impl} {name} M={m}")
+                elif impl == "linear_rows-bf16":  # exact for its rounded weight; against the fp32 weight: recorded
+                    w16 = w.bfloat16()
+                    errors[impl] = assert_fp_close(fn(), F.linear(x.double(), w16.double(), b.double()),
+                                                   F.linear(x, w16.float(), b), what=f"{impl} {name} M={m}")
+                    vs_fp32[impl] = float((fn().double() - exact).abs().max() / exact.abs().max())
                 else:
                     errors[impl] = assert_fp_close(fn(), exact, own, what=f"{impl} {name} M={m}")
                 for _ in range(2):  # warm-up
@@ -150,11 +160,14 @@ def run(rows: JsonRows, threads: int, reps: int, rounds: int, shapes: list[str],
                     per_round[impl].append(seconds)
             for impl in impls:
                 seconds = min(per_round[impl])
+                weight_bytes = n * k * (2 if impl == "linear_rows-bf16" else 4)
                 rows.append({**env, "bench": "linear_rows", "case": name, "impl": impl, "dtype": "float32",
+                             "weight_dtype": "bfloat16" if impl == "linear_rows-bf16" else "float32",
                              "M": m, "K": k, "N": n, "bias": impl != "mm", "seconds": seconds, "ms": seconds * 1e3,
                              "round_seconds": per_round[impl], "reps": r_reps, "others_cpu": others_cpu,
                              "retried": retried, "max_abs_err": errors[impl],
-                             "weight_bytes": n * k * 4, "weight_gbytes_per_s": n * k * 4 / seconds / 1e9,
+                             "rel_err_vs_fp32_weight": vs_fp32.get(impl),
+                             "weight_bytes": weight_bytes, "weight_gbytes_per_s": weight_bytes / seconds / 1e9,
                              "gflops": 2 * m * n * k / seconds / 1e9})
     rows.append({**env, "bench": "gemm", "case": "loadavg-after", "impl": "os.getloadavg",
                  "loadavg": list(os.getloadavg())})
@@ -167,11 +180,12 @@ def print_table(rows: list[dict]):
         if r["bench"] == "linear_rows":
             by_key.setdefault((r["case"], r["M"]), {})[r["impl"]] = r
     print(f"{'shape':18s} {'M':>3s} {'linear_rows ms':>14s} {'mm ms':>9s} {'F.linear ms':>11s} "
-          f"{'GB/s (ours)':>11s} {'vs mm':>6s} {'vs F.lin':>8s}")
+          f"{'GB/s (ours)':>11s} {'vs mm':>6s} {'vs F.lin':>8s} {'bf16 w ms':>9s} {'bf16 err':>9s}")
     for (case, m), impls in by_key.items():
-        ours, mm, lin = (impls[i]["ms"] for i in ("linear_rows", "mm", "F.linear"))
+        ours, mm, lin, half = (impls[i]["ms"] for i in ("linear_rows", "mm", "F.linear", "linear_rows-bf16"))
         gbs = impls["linear_rows"]["weight_gbytes_per_s"]
-        print(f"{case:18s} {m:3d} {ours:14.4f} {mm:9.4f} {lin:11.4f} {gbs:11.1f} {mm / ours:6.2f} {lin / ours:8.2f}")
+        print(f"{case:18s} {m:3d} {ours:14.4f} {mm:9.4f} {lin:11.4f} {gbs:11.1f} {mm / ours:6.2f} {lin / ours:8.2f} "
+              f"{half:9.4f} {impls['linear_rows-bf16']['rel_err_vs_fp32_weight']:9.1e}")
     for r in rows:
         if r["bench"] == "gemm":
             print(f"{r['case']}: {r['loadavg']}")

@@ -43,8 +43,8 @@ def linear_rows_available() -> tuple[bool, str]:
     return True, f"C++ kernel, OpenMP over N, {isa} variant (COGVIDEO_CPU_ISA picks a lower one)"
 
 
-def _tensor_arg(t: torch.Tensor) -> tuple:  # fp32 only (checked first)
-    return t.data_ptr(), "float32", t.shape, t.stride()
+def _tensor_arg(t: torch.Tensor) -> tuple:  # fp32, or a bf16 weight (checked first)
+    return t.data_ptr(), "float32" if t.dtype is _F32 else "bfloat16", t.shape, t.stride()
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
@@ -54,8 +54,9 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
             continue
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"linear_rows: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype != torch.float32:
-            raise ValueError(f"linear_rows: {name} must be float32 (the kernel is fp32 only), got {t.dtype}")
+        if t.dtype != torch.float32 and not (name == "weight" and t.dtype == torch.bfloat16):
+            raise ValueError(f"linear_rows: {name} must be float32{' or bfloat16' if name == 'weight' else ''} "
+                             f"(fp32 math), got {t.dtype}")
         if t.device.type != "cpu":
             raise ValueError(f"linear_rows: {name} must be on the CPU, got {t.device}")
     if x.dim() < 1:
@@ -72,19 +73,21 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
                              f"{t.stride(-1)}")
 
 
-def _ok(t: torch.Tensor) -> bool:  # the common case, tested quickly (a decode step calls this per layer)
-    return type(t) is torch.Tensor and t.dtype is _F32 and t.is_cpu and (t.stride(-1) == 1 or t.shape[-1] == 1)
+def _ok(t: torch.Tensor, dtypes=(torch.float32,)) -> bool:  # the common case, tested quickly
+    return type(t) is torch.Tensor and t.dtype in dtypes and t.is_cpu and (t.stride(-1) == 1 or t.shape[-1] == 1)
 
 
 _F32 = torch.float32
+_WEIGHT_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` on the CPU in fp32, batch-invariant.
 
     x: ``[..., K]`` fp32 (any leading shape, flattened to ``[M, K]``; rows may be strided, the last dimension must
-    be contiguous); weight: ``[N, K]`` fp32, last dimension contiguous (never copied); bias: ``[N]`` fp32 or None.
-    Returns a new contiguous ``[..., N]`` fp32 tensor.
+    be contiguous); weight: ``[N, K]`` fp32 or bf16, last dimension contiguous (never copied; a bf16 weight is
+    widened to fp32 exactly as it is read, so the result is the fp32 product with the bf16-rounded weight, at half
+    the weight bytes); bias: ``[N]`` fp32 or None. Returns a new contiguous ``[..., N]`` fp32 tensor.
 
     The promise: each output row is bit-identical whatever M, the row's position among the M rows, the other rows'
     contents and ``torch.get_num_threads()`` (the kernel's OpenMP team; the split is over N only and never changes
@@ -92,14 +95,14 @@ def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     the baseline one does not, so their bits differ). The accuracy is that of any fp32 dot product (checked
     against float64 like the other kernels: ``tests/kernels/test_linear_rows.py``).
 
-    Raises ``ValueError`` naming the constraint (dtype fp32, CPU tensors, shapes ``[..., K]``, ``[N, K]``, ``[N]``,
+    Raises ``ValueError`` naming the constraint (dtype fp32 (weight: or bf16), CPU tensors, shapes ``[..., K]``, ``[N, K]``, ``[N]``,
     contiguous last dimensions), and ``RuntimeError`` when the extension lacks the kernel
     (:func:`linear_rows_available` says why).
     """
     if _KERNEL is None:
         raise RuntimeError(f"linear_rows needs the compiled kernel: {linear_rows_available()[1]}")
-    if not (_ok(x) and _ok(weight) and (bias is None or (_ok(bias) and bias.dim() == 1)) and weight.dim() == 2
-            and x.dim() >= 1 and x.shape[-1] == weight.shape[1]):
+    if not (_ok(x) and _ok(weight, _WEIGHT_DTYPES) and (bias is None or (_ok(bias) and bias.dim() == 1))
+            and weight.dim() == 2 and x.dim() >= 1 and x.shape[-1] == weight.shape[1]):
         _check(x, weight, bias)  # raises, naming the constraint (a tensor subclass that passes goes on)
     n, k = weight.shape
     x2 = x if x.dim() == 2 else x.reshape(math.prod(x.shape[:-1]), k)  # a view where the dims allow, else a copy

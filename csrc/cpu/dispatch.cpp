@@ -193,8 +193,9 @@ void validate_linear_rows(const TensorView& out, const TensorView& x, const Tens
     if (n.t->ndim != n.ndim)
       throw InvalidArgument(std::string("linear_rows: ") + n.name + " must be " + std::to_string(n.ndim) + "-D " +
                             n.dims + ", got " + shape(*n.t));
-    if (n.t->dtype != DType::kFloat32)
-      throw InvalidArgument(std::string("linear_rows: ") + n.name + " must be float32 (the kernel is fp32 only)");
+    if (n.t->dtype != DType::kFloat32 && !(n.t == &w && n.t->dtype == DType::kBFloat16))
+      throw InvalidArgument(std::string("linear_rows: ") + n.name +
+                            (n.t == &w ? " must be float32 or bfloat16" : " must be float32 (fp32 math)"));
     int64_t numel = 1;
     for (int i = 0; i < n.t->ndim; ++i) {
       if (n.t->shape[i] < 0) throw InvalidArgument(std::string("linear_rows: ") + n.name + " has a negative size");

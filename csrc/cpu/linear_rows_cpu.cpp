@@ -191,6 +191,44 @@ constexpr int tile_cols(int) { return 2; }
 constexpr int kWidth = kLanes / kParts;  // floats per vector
 static_assert(kWidth * kParts == kLanes, "a 16-lane accumulator is a whole number of vectors");
 
+// bf16 weights: a bf16 is the upper half of the fp32 with the same value, so widening is exact (and the products
+// and sums are the fp32 kernel's, on the rounded weights).
+#if COGVIDEO_LR_PATH == 512
+inline vec vload_bf16(const uint16_t* p, int) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+#elif COGVIDEO_LR_PATH == 256
+inline vec vload_bf16(const uint16_t* p, int part) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8 * part));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+#elif COGVIDEO_LR_PATH == 128
+inline vec vload_bf16(const uint16_t* p, int part) {
+  const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 4 * part));
+  return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), h));  // each value in the upper half
+}
+#else
+inline vec vload_bf16(const uint16_t* p, int) {
+  vec r;
+  for (int l = 0; l < kLanes; ++l) {
+    const uint32_t bits = static_cast<uint32_t>(p[l]) << 16;
+    std::memcpy(&r.v[l], &bits, sizeof(float));
+  }
+  return r;
+}
+#endif
+inline vec vload_bf16_tail(const uint16_t* p, int part, int n) {  // lanes [0, n) of the chunk, zeros beyond
+  uint16_t chunk[kLanes] = {};
+  std::memcpy(chunk, p, static_cast<size_t>(n) * sizeof(uint16_t));
+  return vload_bf16(chunk, part);
+}
+// A weight chunk as fp32 lanes, by the weights' type.
+inline vec wload(const float* p, int part) { return vload(p, part); }
+inline vec wload(const uint16_t* p, int part) { return vload_bf16(p, part); }
+inline vec wload_tail(const float* p, int part, int n) { return vload_tail(p, part, n); }
+inline vec wload_tail(const uint16_t* p, int part, int n) { return vload_bf16_tail(p, part, n); }
+
 // A block of weight rows (a multiple of every tile width; a thread takes a contiguous range of blocks) and the K
 // segment the accumulators stay in registers for (a multiple of 16): a block's segment is 8 rows x 4 KB = 32 KB,
 // in the L1 cache with the x rows of a tile. Measured on the 2-core Sapphire Rapids VM, one thread: 4 x 4 tiles
@@ -203,7 +241,7 @@ constexpr int64_t kSegment = 1024;
 struct Problem {
   const float* x;
   int64_t sx;  // x row stride
-  const float* w;
+  const void* w;  // float or bf16 (uint16_t) elements
   int64_t sw;  // w row stride
   const float* bias;  // null: none
   float* out;
@@ -215,14 +253,14 @@ struct Problem {
 // The partial sums of R x rows (i0 ..) by C weight rows (j0 ..) over k in [k0, k1): from `acc` (or zeros when
 // k0 == 0), and stored back to `acc` (acc[r][c] is 16 floats: kParts vectors), or, when k1 == K, summed by the
 // tree, plus the bias, into out. k0 is a multiple of 16; k1 is one too, or K.
-template <int R, int C>
+template <typename W, int R, int C>
 void tile(const Problem& p, int64_t i0, int64_t j0, int64_t k0, int64_t k1, float* acc_buf, int64_t prefetch) {
   const float* xr[R];
-  const float* wr[C];
+  const W* wr[C];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) xr[r] = p.x + (i0 + r) * p.sx;
 #pragma GCC unroll 8
-  for (int c = 0; c < C; ++c) wr[c] = p.w + (j0 + c) * p.sw;
+  for (int c = 0; c < C; ++c) wr[c] = static_cast<const W*>(p.w) + (j0 + c) * p.sw;
   vec acc[R][C][kParts];
   if (k0 == 0) {
 #pragma GCC unroll 8
@@ -250,7 +288,7 @@ void tile(const Problem& p, int64_t i0, int64_t j0, int64_t k0, int64_t k1, floa
       vec wv[C];
 #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) {
-        wv[c] = vload(wr[c] + k, q);
+        wv[c] = wload(wr[c] + k, q);
         if constexpr (R > 1) in_register(wv[c]);  // loaded once for R rows (GCC may fold it into each FMA)
       }
 #pragma GCC unroll 8
@@ -268,7 +306,7 @@ void tile(const Problem& p, int64_t i0, int64_t j0, int64_t k0, int64_t k1, floa
     for (int q = 0; q < kParts; ++q) {
       vec wv[C];
 #pragma GCC unroll 8
-      for (int c = 0; c < C; ++c) wv[c] = vload_tail(wr[c] + full_end, q, n);
+      for (int c = 0; c < C; ++c) wv[c] = wload_tail(wr[c] + full_end, q, n);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const vec xv = vload_tail(xr[r] + full_end, q, n);
@@ -305,21 +343,23 @@ void tile(const Problem& p, int64_t i0, int64_t j0, int64_t k0, int64_t k1, floa
 
 using TileFn = void (*)(const Problem&, int64_t, int64_t, int64_t, int64_t, float*, int64_t);
 
-template <int R, int... Cs>
+template <typename W, int R, int... Cs>
 constexpr std::array<TileFn, sizeof...(Cs)> tile_row(std::integer_sequence<int, Cs...>) {
-  return {&tile<R, (Cs + 1 <= tile_cols(R) ? Cs + 1 : tile_cols(R))>...};  // (wider entries are never used)
+  return {&tile<W, R, (Cs + 1 <= tile_cols(R) ? Cs + 1 : tile_cols(R))>...};  // (wider entries are never used)
 }
 
-template <int... Rs>
+template <typename W, int... Rs>
 constexpr std::array<std::array<TileFn, kMaxCols>, sizeof...(Rs)> tile_table(std::integer_sequence<int, Rs...>) {
-  return {tile_row<Rs + 1>(std::make_integer_sequence<int, kMaxCols>{})...};
+  return {tile_row<W, Rs + 1>(std::make_integer_sequence<int, kMaxCols>{})...};
 }
 
-// kTiles[R - 1][C - 1] = tile<R, C> for C <= tile_cols(R)
+// kTiles<W>[R - 1][C - 1] = tile<W, R, C> for C <= tile_cols(R)
+template <typename W>
 constexpr std::array<std::array<TileFn, kMaxCols>, kRows> kTiles =
-    tile_table(std::make_integer_sequence<int, kRows>{});
+    tile_table<W>(std::make_integer_sequence<int, kRows>{});
 
 // Weight rows [j0, j1) for every x row.
+template <typename W>
 void column_block(const Problem& p, int64_t j0, int64_t j1, float* acc_buf, bool last) {
   for (int64_t k0 = 0; k0 < p.K || k0 == 0; k0 += p.segment) {
     const int64_t k1 = std::min(p.K, k0 + p.segment);
@@ -332,7 +372,7 @@ void column_block(const Problem& p, int64_t j0, int64_t j1, float* acc_buf, bool
         float* acc = acc_row + (j - j0) * rows * kLanes;
         // the first pass over this block's rows fetches the thread's next block into the L2 cache
         const int64_t pf = last || i0 != 0 ? 0 : kColBlock * p.sw;
-        kTiles[rows - 1][cols - 1](p, i0, j, k0, k1, acc, pf);
+        kTiles<W>[rows - 1][cols - 1](p, i0, j, k0, k1, acc, pf);
       }
     }
     if (k1 >= p.K) break;
@@ -345,7 +385,8 @@ void linear_rows(TensorView& out, const TensorView& x, const TensorView& w, cons
   Problem p;
   p.x = static_cast<const float*>(x.data);
   p.sx = x.stride[0];
-  p.w = static_cast<const float*>(w.data);
+  p.w = w.data;
+  const bool bf16 = w.dtype == DType::kBFloat16;
   p.sw = w.stride[0];
   p.bias = bias != nullptr ? static_cast<const float*>(bias->data) : nullptr;
   p.out = static_cast<float*>(out.data);
@@ -372,8 +413,14 @@ void linear_rows(TensorView& out, const TensorView& x, const TensorView& w, cons
 #endif
     // a contiguous range of blocks per thread (so a thread's next block is its own: prefetched during this one)
     const int64_t b0 = blocks * me / team, b1 = blocks * (me + 1) / team;
-    for (int64_t b = b0; b < b1; ++b)
-      column_block(p, b * kColBlock, std::min(p.N, (b + 1) * kColBlock), acc_buf.data(), b + 1 == b1);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t j0 = b * kColBlock, j1 = std::min(p.N, (b + 1) * kColBlock);
+      if (bf16) {
+        column_block<uint16_t>(p, j0, j1, acc_buf.data(), b + 1 == b1);
+      } else {
+        column_block<float>(p, j0, j1, acc_buf.data(), b + 1 == b1);
+      }
+    }
   }
 }
 

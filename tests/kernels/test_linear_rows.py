@@ -204,3 +204,27 @@ def test_extension_checks_its_inputs():
     for args, needle in cases:
         with pytest.raises(ValueError, match=needle):
             _C.linear_rows(*args)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", SHAPES[1:7], ids=[f"M{m}-K{k}-N{n}" for m, k, n in SHAPES[1:7]])
+def test_bf16_weight_is_the_fp32_product_with_the_rounded_weight(isa, shape):
+    """A bf16 weight is widened exactly as it is read: the bits of the fp32 kernel on ``weight.float()``, so as
+    accurate as any fp32 product against float64 of the rounded weight; each row batch-invariant as in fp32."""
+    m, k, n = shape
+    x, w, b = make(m, k, n, seed=m * 5 + k)
+    wb = w.bfloat16()
+    with cpu_isa(isa):
+        out = linear_rows(x, wb, b)
+        assert torch.equal(out, linear_rows(x, wb.float(), b)), f"{isa}: bf16 weight vs the same weight in fp32"
+        assert torch.equal(out[m - 1:], linear_rows(x[m - 1:], wb, b)), f"{isa}: the last row alone"
+    exact = F.linear(x.double(), wb.double(), b.double())
+    assert_fp_close(out, exact, F.linear(x, wb.float(), b), what=f"{isa} bf16 weight M={m} K={k} N={n}")
+
+
+def test_bf16_weight_accepted_only_for_the_weight():
+    x, w, b = make(4, 8, 5, seed=10)
+    with pytest.raises(ValueError, match="x must be float32"):
+        linear_rows(x.bfloat16(), w, b)
+    with pytest.raises(ValueError, match="weight must be float32 or bfloat16"):
+        linear_rows(x, w.half(), b)

@@ -29,11 +29,13 @@
 
 namespace cogvideo {
 
-// Checks the inputs of linear_rows_cpu; throws InvalidArgument naming the constraint: every tensor fp32, out
-// [M, N], x [M, K], w [N, K], bias [N] (or null), their last dimension contiguous (stride 1), non-null data.
+// Checks the inputs of linear_rows_cpu; throws InvalidArgument naming the constraint: out, x and bias fp32, w fp32
+// or bf16, out [M, N], x [M, K], w [N, K], bias [N] (or null), their last dimension contiguous (stride 1),
+// non-null data.
 void validate_linear_rows(const TensorView& out, const TensorView& x, const TensorView& w, const TensorView* bias);
 
-// out = x . w^T (+ bias), batch-invariant (above); `bias` may be null. Host pointers. `out` must not overlap the
+// out = x . w^T (+ bias), batch-invariant (above); `bias` may be null. bf16 weights are widened to fp32 exactly
+// as they are loaded (half the bytes streamed; the same operations on the rounded weights). Host pointers. `out` must not overlap the
 // inputs. Row strides (stride[0]) are free; the last dimension must be contiguous.
 void linear_rows_cpu(TensorView& out, const TensorView& x, const TensorView& w, const TensorView* bias);
 

@@ -155,6 +155,9 @@ if [ -z "$DRY" ]; then
     # wavefront (CUDA-graph decode steps), then 12 frames of super-resolution
     step generation-real 60 -- "$PY" bench/run_generation.py --model real --device cuda --schedule wavefront \
         --sr-frames 12 --out "$results/generation-real.json"
+    # where the real-shape decode step's time goes: every kernel of a CUDA-graph step, its launches and device time
+    step profile-real 45 -- "$PY" bench/run_step_profile.py --model real --device cuda --rows 1 --steps 10 \
+        --out "$results/step-profile-real.json"
     step generation-medium 30 -- "$PY" bench/run_generation.py --model medium --device cuda --sr-frames 0 \
         --out "$results/generation-medium.json"
     # shellcheck disable=SC2086
@@ -179,6 +182,8 @@ else  # the same steps in a CPU form with smaller budgets: the kernel tests' CPU
         --out "$results/local-attention-cpu.json"
     step generation-real 60 -- "$PY" bench/run_generation.py --model tiny --device cpu --skip-passes \
         --sr-frames 1 --out "$results/generation-tiny-sr.json"
+    step profile-real 20 -- "$PY" bench/run_step_profile.py --model tiny --device cpu --steps 3 \
+        --out "$results/step-profile-tiny.json"
     step generation-medium 30 -- "$PY" bench/run_generation.py --model tiny --device cpu --sr-frames 0 \
         --schedule wavefront --out "$results/generation-tiny.json"
 fi

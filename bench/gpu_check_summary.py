@@ -62,6 +62,17 @@ def serving_rows(path: Path) -> dict:
             for r in json.loads(path.read_text())}
 
 
+def profile_rows(path: Path) -> dict:
+    """The step's summary and its ten costliest kernels (or operators)."""
+    rows = json.loads(path.read_text())
+    step = next((r for r in rows if r["name"] == "(step)"), None)
+    if step is None:
+        return {"output": "no summary row"}
+    keep = ("step_ms", "busy_ms", "launches_per_step", "idle_fraction", "weight_floor_ms", "by_kind_ms")
+    return {**{k: step[k] for k in keep},
+            "top": [[r["name"][:80], round(r["us_per_step"], 1), r["calls_per_step"]] for r in rows[1:11]]}
+
+
 def text_headline(name: str, text: str) -> dict:
     if name == "ctest":
         m = re.search(r"(\d+)% tests passed, (\d+) tests failed out of (\d+)", text)
@@ -84,6 +95,7 @@ OUTPUTS = {  # step -> the files its headline is read from: the GPU run's name, 
     "generation-medium": ["generation-medium.json", "generation-tiny.json"],
     "generation-real": ["generation-real.json", "generation-tiny-sr.json"],
     "serving-medium": ["serving-medium.json"],
+    "profile-real": ["step-profile-real.json", "step-profile-tiny.json"],
 }
 
 
@@ -96,6 +108,8 @@ def headline(name: str, results: Path) -> dict:
             return junit(path)
         if name.startswith("serving"):
             return serving_rows(path)
+        if name.startswith("profile"):
+            return profile_rows(path)
         return generation_rows(path) if name.startswith("generation") else bench_rows(path)
     log = results / f"{name}.txt"
     return text_headline(name, log.read_text(errors="replace")) if log.is_file() else {}

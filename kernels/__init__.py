@@ -20,7 +20,9 @@ Modules, bottom to top (each imports only modules listed above it; nothing here 
 * ``registry`` names the backends, says which can run where and why, and hands out the reference functions or
   the registered ops.
 * ``batch_invariant`` wraps the C++ batch-invariant fp32 linear (``linear_rows``: a row's outputs bit-identical
-  whatever the batch) and its float64 twin; the engine's decode steps use it on CPU.
+  whatever the batch; fp32 or bf16 weight) and its float64 twin; the engine's decode steps use it on CPU.
+* ``decode_stack`` binds a model's fp32 tensors to the C++ decode stack (a whole CPU decode step -- every layer
+  and the logits head -- in one call; the runner's Python forward is its twin).
 """
 
 from .rules import DEFAULT_BOI_ID, GIVEN, TARGET, TEXT, FrameGeometry, Pass, StreamLayout

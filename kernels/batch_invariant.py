@@ -95,8 +95,8 @@ def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     the baseline one does not, so their bits differ). The accuracy is that of any fp32 dot product (checked
     against float64 like the other kernels: ``tests/kernels/test_linear_rows.py``).
 
-    Raises ``ValueError`` naming the constraint (dtype fp32 (weight: or bf16), CPU tensors, shapes ``[..., K]``, ``[N, K]``, ``[N]``,
-    contiguous last dimensions), and ``RuntimeError`` when the extension lacks the kernel
+    Raises ``ValueError`` naming the constraint (dtype fp32, the weight also bf16; CPU tensors; shapes ``[..., K]``,
+    ``[N, K]``, ``[N]``; contiguous last dimensions), and ``RuntimeError`` when the extension lacks the kernel
     (:func:`linear_rows_available` says why).
     """
     if _KERNEL is None:

@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ["gpu", "build", "info", "ctest", "kernel-tests", "engine-gpu-tests", "bench-window", "bench-local",
-         "generation-real", "generation-medium"]
+         "generation-real", "profile-real", "generation-medium"]
 KILL_GRACE = 10  # timeout -k
 
 

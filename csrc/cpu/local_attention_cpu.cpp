@@ -40,6 +40,8 @@
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 COGVIDEO_CPU_TARGET_BEGIN
+#include "fast_exp.h"  // inside the variant's target region: its template runs on this variant's vectors
+
 namespace cogvideo {
 namespace COGVIDEO_CPU_NS {
 namespace {
@@ -67,21 +69,9 @@ inline vf vmax(const vf& a, const vf& b) { return a > b ? a : b; }
 // 1e-7 relative error; x < -87 (and -inf, NaN) gives 0.
 inline vf exp_nonpositive(const vf& x) {
   const vf lo = splat(-87.0f);
-  const vf clamped = x > lo ? x : lo;
-  const vf magic = splat(12582912.0f);  // 1.5 * 2^23: rounds to an integer in the low mantissa bits
-  const vf n = clamped * 1.44269504088896341f + magic;
-  const vf fx = n - magic;
-  vf r = clamped - fx * 0.693359375f;
-  r = r + fx * 2.12194440e-4f;
-  const vf z = r * r;
-  vf y = splat(1.9875691500e-4f);
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * z + r + 1.0f;
-  const vi e = (vi)n - (vi)magic;  // vector casts reinterpret the bits
+  vf n;
+  const vf y = exp_core(x > lo ? x : lo, n);
+  const vi e = (vi)n - (vi)splat(kExpMagic);  // vector casts reinterpret the bits
   const vf scale = (vf)((e + 127) << 23);
   return x > lo ? y * scale : vf{};
 }

@@ -5,6 +5,7 @@ and decode steps at batch 1 and 8 with 1 and 2 queries per sequence (2 = the sta
 in slot 3, one in slot 4). Implementations, all fed the same cache:
 
 * ``triton``  -- the fused Triton kernel (CUDA only; the interpreter is not a speed),
+* ``triton-ranged`` -- the same on the prefill path's ranged frame-key walk (``walk="ranged"``: pipelined loads),
 * ``cpu`` / ``cuda`` -- the csrc kernels (C++ with OpenMP; CUDA C++),
 * ``sdpa``    -- dense masked ``scaled_dot_product_attention`` with the rule mask (mask built outside timing),
 * ``flex``    -- FlexAttention with ``mask_mod`` / ``score_mod`` taken from the same rule functions
@@ -123,6 +124,13 @@ def run_triton(case: Case, x: Inputs):
     return lambda: window_attention_triton(x.q, x.k, x.v, x.q_index, x.text_len, x.text_bias, rule)
 
 
+def run_triton_ranged(case: Case, x: Inputs):
+    from cogvideo_engine.kernels.triton_attention import window_attention_triton
+
+    rule = case.rule
+    return lambda: window_attention_triton(x.q, x.k, x.v, x.q_index, x.text_len, x.text_bias, rule, walk="ranged")
+
+
 def run_sdpa(case: Case, x: Inputs):
     mask = x.additive.to(x.q.dtype)
     return lambda: F.scaled_dot_product_attention(x.q, x.k, x.v, attn_mask=mask)
@@ -210,14 +218,16 @@ def run_csrc(case: Case, x: Inputs):
     return lambda: window_attention_csrc(x.q, x.k, x.v, x.q_index, x.text_len, x.text_bias, rule)
 
 
-IMPLS = {"triton": run_triton, "cuda": run_csrc, "cpu": run_csrc, "sdpa": run_sdpa, "flex": run_flex,
-         "gather": run_gather}
+IMPLS = {"triton": run_triton, "triton-ranged": run_triton_ranged, "cuda": run_csrc, "cpu": run_csrc,
+         "sdpa": run_sdpa, "flex": run_flex, "gather": run_gather}
 
 
 def applicable(impl: str, case: Case, device: str) -> str | None:
     """None if ``impl`` runs for ``case`` on ``device``, else the reason it is skipped."""
-    if impl == "triton" and device != "cuda":
+    if impl.startswith("triton") and device != "cuda":
         return "the Triton kernel runs on CUDA only (the CPU interpreter is not a speed)"
+    if impl == "triton-ranged" and case.decode:
+        return "the ranged walk is the prefill path's (decode steps take the split-KV path)"
     if impl in ("cpu", "cuda"):
         from cogvideo_engine.kernels.csrc_ops import csrc_status
 

@@ -10,8 +10,9 @@ the static cache) goes through the kernel's own wrapper and Triton's JIT binder,
 constexprs, 16-byte divisibility of pointers and strides) is the one a GPU run compiles; a stand-in driver reports
 the target instead of a device, and ``warmup`` compiles without launching. Per compiled kernel: registers, stack
 and static shared memory (``cuobjdump --dump-resource-usage``), spill stores / loads (``ptxas -v`` on the PTX),
-the dynamic shared memory Triton asks for against the target's per-block limit, and whether the PTX uses wgmma
-(Hopper's tensor-core instructions).
+the dynamic shared memory Triton asks for against the target's per-block limit, whether the PTX uses wgmma
+(Hopper's tensor-core instructions), and how many asynchronous copies it issues (``cp.async``: loads the software
+pipeline issues ahead of their use).
 
 Prefill launches compile the tiled kernel; decode launches (1 or 2 queries per sequence) the split-KV kernel and its
 combine kernel, one row each.
@@ -125,7 +126,7 @@ def window_launches(modes, dtypes, quick: bool):
                     rule = AttentionRule(pass_, channel, parity, geo, capacity)
                     lay = StreamLayout(pass_, 20, pass_.max_targets, geo)
                     for mode in (["prefill", "decode2"] if quick else modes):
-                        n = lay.context_len if mode == "prefill" else int(mode[-1])
+                        n = lay.context_len if mode.startswith("prefill") else int(mode[-1])
                         if n == 0:
                             continue
                         label = f"window {pass_.value} {channel} parity{parity} {mode} {dtype}"
@@ -144,9 +145,10 @@ def _window_thunk(ta, rule, lay, n, mode, dtype, channels):
         q = qkv[..., :HEADS * HEAD_DIM].view(1, n, HEADS, HEAD_DIM).transpose(1, 2)
         cache = torch.empty(1, rule.cache_len + 1, HEADS, HEAD_DIM, dtype=dtype)  # [B, rows + scratch, H, d]
         k = cache.transpose(1, 2)[:, :, :-1]
-        start = 0 if mode == "prefill" else lay.context_len
+        start = 0 if mode.startswith("prefill") else lay.context_len
         q_index = torch.arange(start, start + n)[None]
-        ta.window_attention_triton(q, k, k, q_index, torch.tensor([20]), torch.tensor([0.0]), rule)
+        walk = {"prefill-ranged": "ranged"}.get(mode)
+        ta.window_attention_triton(q, k, k, q_index, torch.tensor([20]), torch.tensor([0.0]), rule, walk=walk)
     return run
 
 
@@ -199,7 +201,8 @@ def resources(kernel, arch: int) -> dict:
             "dynamic_shared_bytes": int(meta.shared), "shared_limit_bytes": SHARED_MEMORY_PER_BLOCK[arch],
             "num_warps": meta.num_warps, "num_stages": meta.num_stages,
             "ptxas_registers": int(used.group(1)) if used else None,
-            "wgmma": "wgmma" in kernel.asm["ptx"], "mma": "mma.sync" in kernel.asm["ptx"]}
+            "wgmma": "wgmma" in kernel.asm["ptx"], "mma": "mma.sync" in kernel.asm["ptx"],
+            "async_copies": kernel.asm["ptx"].count("cp.async")}  # loads issued ahead (pipelined): cp.async[.bulk]
 
 
 def main(argv=None) -> int:
@@ -207,7 +210,8 @@ def main(argv=None) -> int:
     p.add_argument("--targets", default="90,80")
     p.add_argument("--dtypes", help="default: bf16,fp16,fp32 (bf16 with --quick)")
     p.add_argument("--kernels", default="window,local")
-    p.add_argument("--modes", default="prefill,decode1,decode2")
+    p.add_argument("--modes", default="prefill,decode1,decode2",
+                   help="window launches: prefill, prefill-ranged (the ranged frame-key walk), decode1, decode2")
     p.add_argument("--quick", action="store_true", help="one launch per kernel, bf16")
     p.add_argument("--quick-dtypes", default="", help="dtypes compiled with the quick set beside the full --dtypes")
     p.add_argument("--out", type=Path)

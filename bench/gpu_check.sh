@@ -144,10 +144,10 @@ if [ -z "$DRY" ]; then
     # shellcheck disable=SC2046,SC2086
     step engine-gpu-tests 120 -- env $(pytest_env engine-gpu-tests) \
         "$PY" -m pytest -v -p no:cacheprovider -m gpu $ENGINE_GPU_TESTS --junitxml="$results/engine-gpu-tests.xml"
-    if [ "$MODE" = full ]; then IMPLS="--impl triton --impl cuda --impl sdpa --impl gather"
-    else IMPLS="--impl triton --impl sdpa --impl gather"; fi
+    if [ "$MODE" = full ]; then IMPLS="--impl triton --impl triton-ranged --impl cuda --impl sdpa --impl gather"
+    else IMPLS="--impl triton --impl triton-ranged --impl sdpa --impl gather"; fi
     # shellcheck disable=SC2086
-    step bench-window 30 -- "$PY" bench/run_attention.py --device cuda --dtype bf16 $IMPLS \
+    step bench-window 40 -- "$PY" bench/run_attention.py --device cuda --dtype bf16 $IMPLS \
         --out "$results/attention-bf16.json"
     step bench-local 45 -- "$PY" bench/run_local_attention.py --device cuda --dtype bf16 --frames 12 \
         --out "$results/local-attention-bf16.json"
@@ -161,7 +161,7 @@ if [ -z "$DRY" ]; then
     step generation-medium 30 -- "$PY" bench/run_generation.py --model medium --device cuda --sr-frames 0 \
         --out "$results/generation-medium.json"
     # shellcheck disable=SC2086
-    step bench-window-fp16 30 -- "$PY" bench/run_attention.py --device cuda --dtype fp16 ${IMPLS/--impl gather/} \
+    step bench-window-fp16 40 -- "$PY" bench/run_attention.py --device cuda --dtype fp16 ${IMPLS/--impl gather/} \
         --out "$results/attention-fp16.json"
     step bench-flex 45 -- "$PY" bench/run_attention.py --device cuda --dtype bf16 --impl flex \
         --case stage2-prefill-3frames-odd --case stage2-decode-b1-q1 --out "$results/attention-bf16-flex.json"

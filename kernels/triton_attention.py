@@ -3,8 +3,9 @@
 One program handles ``BLOCK_M`` queries of one (sequence, head). It walks the text rows of the cache, then
 every slot's key tiles, and evaluates the rule of :mod:`.rules` in registers from the query's stream index
 (slot, block position, window coordinates), the sequence's text length and the launch's rule (pass,
-channel, layer parity). Tiles no query of the block can see are skipped before K/V are loaded. Scores are
-accumulated in fp32; a row that sees nothing writes zeros.
+channel, layer parity). Tiles no query of the block can see are skipped before K/V are loaded (the default
+``checked`` walk), or each slot's rule-derived tile range is walked without a branch, so the loads pipeline
+(``walk="ranged"``). Scores are accumulated in fp32; a row that sees nothing writes zeros.
 
 That is the prefill path (many queries per sequence). Decode steps (one or a few queries per sequence, in any
 slots: the wavefront) take the split-KV path: one program per (query, sequence, head, split of its keys), the keys
@@ -79,6 +80,46 @@ if triton is not None:
         return visible
 
     @triton.jit
+    def _slot_key_range(q_kind, q_slot, q_p, slot, num_given,
+                        TEMPORAL: tl.constexpr, WINDOWED: tl.constexpr, BIDIR_GIVEN: tl.constexpr,
+                        GRID: tl.constexpr, WINDOW: tl.constexpr, SHIFT: tl.constexpr, FRAME_LEN: tl.constexpr,
+                        BLOCK_N: tl.constexpr):
+        """``[lo, hi)``: the frame positions of cache slot ``slot`` some query of the block may see, from the rule
+        per query -- a superset of what :func:`_visible_frame_keys` shows (the walk still masks every key) --, lo
+        on a tile boundary, at most ``FRAME_LEN`` long; positions from ``FRAME_LEN`` on wrap around to the frame's
+        start. Spatial: the query's own slot up to itself (a bidirectional given row: the whole frame); stage 1:
+        whole earlier slots, the own one up to the query; stage-2 windows: a target row's clamped window as whole
+        grid rows in every earlier slot and up to itself in its own, a given row's cyclic window as whole grid
+        rows (wrapping) in every given slot. Empty (``lo >= hi``) when no query sees the slot."""
+        q_frame = q_kind > 0
+        own = q_frame & (q_slot == slot)
+        if not TEMPORAL:
+            hi_q = tl.where(own, q_p + 1, 0)
+            if BIDIR_GIVEN:
+                hi_q = tl.where(own & (q_kind == _KIND_GIVEN), FRAME_LEN, hi_q)
+            lo_q = tl.where(own, 0, FRAME_LEN)
+        elif not WINDOWED:
+            earlier = q_frame & (q_slot > slot)
+            hi_q = tl.where(earlier, FRAME_LEN, tl.where(own, q_p + 1, 0))
+            lo_q = tl.where(earlier | own, 0, FRAME_LEN)
+        else:
+            qx = q_p // GRID
+            given_sees = (q_kind == _KIND_GIVEN) & (slot < num_given)
+            band = ((qx - SHIFT + GRID) % GRID) // WINDOW  # the cyclic window's rows: from band * W + SHIFT on
+            given_lo = ((band * WINDOW + SHIFT) % GRID) * GRID
+            target_sees = (q_kind == _KIND_TARGET) & (q_slot >= slot)
+            wx = (qx + SHIFT) // WINDOW  # the clamped window's rows
+            row_lo = tl.maximum(wx * WINDOW - SHIFT, 0)
+            row_hi = tl.minimum(wx * WINDOW - SHIFT + WINDOW, GRID)
+            target_hi = tl.where(q_slot == slot, q_p + 1, row_hi * GRID)
+            lo_q = tl.where(given_sees, given_lo, tl.where(target_sees, row_lo * GRID, FRAME_LEN))
+            hi_q = tl.where(given_sees, given_lo + WINDOW * GRID, tl.where(target_sees, target_hi, 0))
+        lo = (tl.min(lo_q, 0) // BLOCK_N) * BLOCK_N
+        hi = tl.max(hi_q, 0)
+        whole = hi - lo > FRAME_LEN  # (intervals on both sides of the wrap)
+        return tl.where(whole, 0, lo), tl.where(whole, FRAME_LEN, hi)
+
+    @triton.jit
     def _add_counts(COUNTS, walked, lanes):
         """One program's load counts (``counts=`` of :func:`window_attention_triton`): K rows loaded, key lanes
         walked, one program, one program that walked a tile (if it did)."""
@@ -130,6 +171,30 @@ if triton is not None:
                                      EXP2=False, TF32X3=TF32X3, UPCAST=UPCAST)
 
     @triton.jit
+    def _frame_tile_visibility(q_kind, q_slot, q_p, k_slot, k_p, key_ok, num_given,
+                               TEMPORAL: tl.constexpr, WINDOWED: tl.constexpr, BIDIR_GIVEN: tl.constexpr,
+                               GRID: tl.constexpr, WINDOW: tl.constexpr, SHIFT: tl.constexpr):
+        """``[M, N]`` visibility of the keys at frame positions ``k_p`` of slot ``k_slot`` (``key_ok``: the ones
+        the tile holds) for the block's queries."""
+        visible = _visible_frame_keys(q_kind[:, None], q_slot[:, None], q_p[:, None], k_slot[None, :], k_p[None, :],
+                                      num_given, TEMPORAL, WINDOWED, BIDIR_GIVEN, GRID, WINDOW, SHIFT)
+        return visible & key_ok[None, :]
+
+    @triton.jit
+    def _frame_tile(acc, m_i, l_i, walked, lanes, q, k_base, v_base, rows, offs_d, key_ok, visible,
+                    stride_kn, stride_kd, stride_vn, stride_vd, sm_scale,
+                    BLOCK_N: tl.constexpr, TF32X3: tl.constexpr, UPCAST: tl.constexpr, COUNT: tl.constexpr):
+        """One frame-key tile (cache ``rows``) folded into the online softmax; with ``COUNT`` its loads counted."""
+        k_ptrs = k_base + rows[None, :] * stride_kn + offs_d[:, None] * stride_kd
+        v_ptrs = v_base + rows[:, None] * stride_vn + offs_d[None, :] * stride_vd
+        acc, m_i, l_i = _online_softmax_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, key_ok, visible, 0.0, sm_scale,
+                                             TF32X3, UPCAST)
+        if COUNT:
+            walked = walked + tl.sum(key_ok.to(tl.int64), 0)
+            lanes = lanes + BLOCK_N
+        return acc, m_i, l_i, walked, lanes
+
+    @triton.jit
     def _window_attention_kernel(
             Q, K, V, O, QIDX, TEXT_LEN, TEXT_BIAS, COUNTS,
             stride_qb, stride_qh, stride_qm, stride_qd,
@@ -141,7 +206,7 @@ if triton is not None:
             TEMPORAL: tl.constexpr, WINDOWED: tl.constexpr, BIDIR_GIVEN: tl.constexpr,
             GRID: tl.constexpr, WINDOW: tl.constexpr, SHIFT: tl.constexpr, NUM_SLOTS: tl.constexpr,
             FRAME_LEN: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-            TF32X3: tl.constexpr, UPCAST: tl.constexpr, COUNT: tl.constexpr):
+            TF32X3: tl.constexpr, UPCAST: tl.constexpr, COUNT: tl.constexpr, RANGED: tl.constexpr):
         pid_bh = tl.program_id(0)
         pid_m = tl.program_id(1)
         b = pid_bh // num_heads
@@ -182,25 +247,36 @@ if triton is not None:
                 walked = walked + tl.sum(key_ok.to(tl.int64), 0)
                 lanes = lanes + BLOCK_N
 
-        # frame keys, slot by slot; a tile is loaded only if some query of the block sees it
+        # frame keys, slot by slot. Checked walk: every tile of every slot, loaded only if some query of the block
+        # sees it (the data-dependent branch keeps the loads from pipelining). Ranged walk: the tiles of the
+        # slot's rule-derived range (_slot_key_range) with no branch, so the compiler can pipeline their loads;
+        # it may load tiles no query sees (masked, exact either way).
         for slot in tl.static_range(NUM_SLOTS):
             k_slot = tl.zeros([BLOCK_N], dtype=tl.int32) + slot  # a tensor, so every comparison is tensor-wise
-            for start in range(0, FRAME_LEN, BLOCK_N):
-                k_p = start + tl.arange(0, BLOCK_N)
-                key_ok = k_p < FRAME_LEN
-                visible = _visible_frame_keys(q_kind[:, None], q_slot[:, None], q_p[:, None], k_slot[None, :],
-                                              k_p[None, :],
-                                              num_given, TEMPORAL, WINDOWED, BIDIR_GIVEN, GRID, WINDOW, SHIFT)
-                visible = visible & key_ok[None, :]
-                if tl.max(visible.to(tl.int32)) > 0:
-                    rows = text_capacity + slot * FRAME_LEN + k_p
-                    k_ptrs = k_base + rows[None, :] * stride_kn + offs_d[:, None] * stride_kd
-                    v_ptrs = v_base + rows[:, None] * stride_vn + offs_d[None, :] * stride_vd
-                    acc, m_i, l_i = _online_softmax_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, key_ok, visible,
-                                                         0.0, sm_scale, TF32X3, UPCAST)
-                    if COUNT:
-                        walked = walked + tl.sum(key_ok.to(tl.int64), 0)
-                        lanes = lanes + BLOCK_N
+            if RANGED:
+                lo, hi = _slot_key_range(q_kind, q_slot, q_p, slot, num_given, TEMPORAL, WINDOWED, BIDIR_GIVEN,
+                                         GRID, WINDOW, SHIFT, FRAME_LEN, BLOCK_N)
+                for start in range(lo, hi, BLOCK_N):
+                    k_pos = start + tl.arange(0, BLOCK_N)
+                    key_ok = k_pos < hi
+                    k_p = tl.where(k_pos >= FRAME_LEN, k_pos - FRAME_LEN, k_pos)  # (a range past the frame wraps)
+                    visible = _frame_tile_visibility(q_kind, q_slot, q_p, k_slot, k_p, key_ok, num_given,
+                                                     TEMPORAL, WINDOWED, BIDIR_GIVEN, GRID, WINDOW, SHIFT)
+                    acc, m_i, l_i, walked, lanes = _frame_tile(
+                        acc, m_i, l_i, walked, lanes, q, k_base, v_base, text_capacity + slot * FRAME_LEN + k_p,
+                        offs_d, key_ok, visible, stride_kn, stride_kd, stride_vn, stride_vd, sm_scale,
+                        BLOCK_N, TF32X3, UPCAST, COUNT)
+            else:
+                for start in range(0, FRAME_LEN, BLOCK_N):
+                    k_p = start + tl.arange(0, BLOCK_N)
+                    key_ok = k_p < FRAME_LEN
+                    visible = _frame_tile_visibility(q_kind, q_slot, q_p, k_slot, k_p, key_ok, num_given,
+                                                     TEMPORAL, WINDOWED, BIDIR_GIVEN, GRID, WINDOW, SHIFT)
+                    if tl.max(visible.to(tl.int32)) > 0:
+                        acc, m_i, l_i, walked, lanes = _frame_tile(
+                            acc, m_i, l_i, walked, lanes, q, k_base, v_base, text_capacity + slot * FRAME_LEN + k_p,
+                            offs_d, key_ok, visible, stride_kn, stride_kd, stride_vn, stride_vd, sm_scale,
+                            BLOCK_N, TF32X3, UPCAST, COUNT)
 
         if COUNT:
             _add_counts(COUNTS, walked, lanes)
@@ -372,6 +448,10 @@ DECODE_SPLIT_KEYS = 128
 """Keys per split of the decode path: a text split holds up to this many text rows, a frame split this many
 candidate cells of one slot (a stage-1 slot of 400 cells: 4 splits; a stage-2 window of at most 100: 1)."""
 PATHS = ("prefill", "decode")
+WALKS = ("checked", "ranged")
+"""The prefill path's frame-key walks (``walk=``): ``checked`` (the default) tests every tile of every slot and
+loads the ones some query sees; ``ranged`` walks each slot's rule-derived tile range with no branch, so the
+compiler can pipeline the loads, and may load tiles no query sees."""
 
 
 def decode_splits(rule: AttentionRule) -> tuple[int, int]:
@@ -386,7 +466,8 @@ def decode_splits(rule: AttentionRule) -> tuple[int, int]:
 def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_index: torch.Tensor,
                             text_len: torch.Tensor, text_bias: torch.Tensor, rule: AttentionRule, *,
                             path: str | None = None, block_m: int | None = None, block_n: int | None = None,
-                            num_warps: int | None = None, counts: torch.Tensor | None = None) -> torch.Tensor:
+                            num_warps: int | None = None, counts: torch.Tensor | None = None,
+                            walk: str | None = None) -> torch.Tensor:
     """Same contract as :func:`cogvideo_engine.kernels.reference.window_attention`, fused.
 
     Inputs are checked by :func:`.reference.check_window_inputs`, then against this kernel's limits: head dim
@@ -398,6 +479,7 @@ def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
     :func:`decode_splits`), the keys of a split enumerated from the rule (a stage-2 query's window cells, a causal
     prefix) ``block_n`` (32) at a time, only visible rows loaded, then one combine program per query. Default:
     decode up to :data:`DECODE_MAX_QUERIES` queries per sequence (unless ``block_m`` is given), else prefill.
+    ``walk``: the prefill path's frame-key walk, one of :data:`WALKS` (default ``"checked"``).
 
     ``counts``: an int64 tensor of 4 on q's device, for benchmarks: the launch adds (K rows loaded, key lanes
     walked, programs launched, programs that walked a tile) -- rows loaded count every row a tile's K load
@@ -417,6 +499,10 @@ def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
         raise ValueError(f"path must be one of {', '.join(map(repr, PATHS))}, got {path!r}")
     if path == "decode" and block_m is not None:
         raise ValueError("block_m sets the prefill path's query tile; the decode path takes one query per program")
+    if walk is not None and walk not in WALKS:
+        raise ValueError(f"walk must be one of {', '.join(map(repr, WALKS))}, got {walk!r}")
+    if path == "decode" and walk is not None:
+        raise ValueError("walk sets the prefill path's frame-key walk; the decode path enumerates its keys")
     if counts is not None and (counts.dtype != torch.int64 or counts.shape != (4,) or counts.device != q.device):
         raise ValueError(f"counts must be an int64 tensor of 4 on {q.device}")
     out = attention_output(q)
@@ -427,13 +513,16 @@ def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
     text_bias = text_bias.to(device=q.device, dtype=torch.float32)
     count = counts is not None
     counts = counts if count else text_len  # a pointer the kernel never touches without COUNT
-    launch = _decode if path == "decode" else _prefill
     with device_guard(q), resource_limits("triton window-attention kernel"):
-        launch(q, k, v, out, q_index, text_len, text_bias, rule, block_m, block_n, num_warps, counts, count)
+        if path == "decode":
+            _decode(q, k, v, out, q_index, text_len, text_bias, rule, block_n, num_warps, counts, count)
+        else:
+            _prefill(q, k, v, out, q_index, text_len, text_bias, rule, block_m, block_n, num_warps, counts, count,
+                     walk == "ranged")
     return out
 
 
-def _prefill(q, k, v, out, q_index, text_len, text_bias, rule, block_m, block_n, num_warps, counts, count):
+def _prefill(q, k, v, out, q_index, text_len, text_bias, rule, block_m, block_n, num_warps, counts, count, ranged):
     b, h, n_q, d = q.shape
     fp32 = q.dtype == torch.float32  # 3xTF32 dots: three products per tile and split operands, 32 x 32 tiles
     block_m = block_m or (32 if fp32 else 64)  # (with 64-row tiles the compiler spills, 64 x 16 included)
@@ -452,10 +541,10 @@ def _prefill(q, k, v, out, q_index, text_len, text_bias, rule, block_m, block_n,
         TEMPORAL=rule.temporal, WINDOWED=rule.windowed, BIDIR_GIVEN=rule.bidirectional_given,
         GRID=g.grid, WINDOW=g.window, SHIFT=rule.shift, NUM_SLOTS=rule.cache_slots, FRAME_LEN=g.frame_len,
         HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, TF32X3=fp32,
-        UPCAST=upcast_bf16(q.dtype), COUNT=count, num_warps=num_warps)
+        UPCAST=upcast_bf16(q.dtype), COUNT=count, RANGED=ranged, num_warps=num_warps)
 
 
-def _decode(q, k, v, out, q_index, text_len, text_bias, rule, block_m, block_n, num_warps, counts, count):
+def _decode(q, k, v, out, q_index, text_len, text_bias, rule, block_n, num_warps, counts, count):
     b, h, n_q, d = q.shape
     text_splits, frame_splits = decode_splits(rule)
     splits = text_splits + frame_splits * (rule.cache_slots if rule.temporal else 1)

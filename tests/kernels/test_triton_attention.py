@@ -211,3 +211,36 @@ def test_a_launch_over_the_gpus_limits_is_a_clear_error(monkeypatch):
     with pytest.raises(ValueError, match=r"needs 233472 of shared memory per block at these tiles, over this GPU's "
                                          r"232448: pass smaller tiles"):
         check(kernel, rule, all_positions(rule, [6, 3]), [6, 3], [1.4, 0.0], device=DEVICE, dtype=torch.float32)
+
+
+WALK_GEOMETRY = FrameGeometry(grid=8, window=4, shift=2)
+"""8x8 frames in 16-key tiles: four tiles per slot, a window's rows two of them, so each slot's range is cut."""
+
+
+@pytest.mark.parametrize("pass_,channel,parity", RULE_CASES, ids=RULE_IDS)
+def test_ranged_walk_at_every_position_of_every_rule(pass_, channel, parity):
+    """The ranged prefill walk (each slot's rule-derived tile range, no branch) at every position of every rule,
+    against the reference. Where no range wraps around the frame (all but the shifted cyclic windows of stage-2
+    given rows) it walks the checked walk's tiles in the same order plus wholly masked ones, which change nothing:
+    the same bits. It never walks more key lanes than the checked walk tests."""
+    rule = AttentionRule(pass_, channel, parity, WALK_GEOMETRY, text_capacity=6)
+    q_index, text_len = all_positions(rule, [6, 3]), [6, 3]
+    outs, counts = {}, {}
+    for walk in triton_attention.WALKS:
+        counts[walk] = torch.zeros(4, dtype=torch.int64, device=DEVICE)
+        run = functools.partial(kernel, path="prefill", walk=walk, block_m=16, block_n=16, counts=counts[walk])
+        outs[walk] = check(run, rule, q_index, text_len, [1.4, 0.0], device=DEVICE, heads=1)
+    if not (rule.windowed and rule.shift):
+        assert torch.equal(outs["ranged"], outs["checked"])
+    programs = len(text_len) * -(-q_index.shape[1] // 16)
+    tested = programs * 16 * (-(-rule.text_capacity // 16) + rule.cache_slots * WALK_GEOMETRY.frame_len // 16)
+    assert counts["ranged"][1] <= tested  # key lanes walked
+
+
+def test_walk_is_checked():
+    rule = AttentionRule(Pass.STAGE2, "temporal", 1, SMALL_GEOMETRY, text_capacity=5)
+    with pytest.raises(ValueError, match="walk must be one of 'checked', 'ranged'"):
+        check(functools.partial(kernel, walk="all"), rule, all_positions(rule, [5]), [5], [1.4], device=DEVICE)
+    with pytest.raises(ValueError, match="walk sets the prefill path's frame-key walk"):
+        check(functools.partial(decode, walk="ranged"), rule, decode_queries(rule, [5, 2]), [5, 2], [1.4, 0.0],
+              device=DEVICE)

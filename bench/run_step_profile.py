@@ -120,6 +120,9 @@ def run(rows_out: JsonRows, name: str, device: str, dtype: torch.dtype, rows: in
         seconds.append(time.perf_counter() - t0)
     step_ms = statistics.median(seconds) * 1e3
     entries = profile(step, steps, device, runner.decode_stack if device == "cpu" else None)
+    if device == "cuda" and not entries:
+        print("run_step_profile: the profiler traced no kernels (CUDA-graph replays untraced here?): rerun with "
+              "--no-cuda-graphs", file=sys.stderr)
     busy_ms = sum(e["us_per_step"] for e in entries) / 1e3
     by_kind: dict[str, float] = {}
     for e in entries:

@@ -215,8 +215,8 @@ if triton is not None:
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, HEAD_DIM)
         in_range = offs_m < num_queries
-        q_idx = tl.load(QIDX + b * stride_ib + offs_m * stride_im, mask=in_range, other=-1)
-        text_len = tl.load(TEXT_LEN + b)
+        q_idx = tl.load(QIDX + b * stride_ib + offs_m * stride_im, mask=in_range, other=-1).to(tl.int32)
+        text_len = tl.load(TEXT_LEN + b).to(tl.int32)
         text_bias = tl.load(TEXT_BIAS + b)
 
         valid, q_kind, q_slot, q_p = _query_position(q_idx, text_len, num_given, FRAME_LEN)
@@ -355,8 +355,8 @@ if triton is not None:
         h = pid_bh % num_heads
         offs_d = tl.arange(0, HEAD_DIM)
 
-        q_idx = tl.load(QIDX + b * stride_ib + pid_q * stride_im)
-        text_len = tl.load(TEXT_LEN + b)
+        q_idx = tl.load(QIDX + b * stride_ib + pid_q * stride_im).to(tl.int32)
+        text_len = tl.load(TEXT_LEN + b).to(tl.int32)
         valid, q_kind, q_slot, q_p = _query_position(q_idx, text_len, num_given, FRAME_LEN)
 
         is_text = split < TEXT_SPLITS
@@ -508,8 +508,9 @@ def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q
     out = attention_output(q)
     if n_q == 0:
         return out
-    q_index = q_index.to(torch.int32)
-    text_len = text_len.to(device=q.device, dtype=torch.int32)
+    # q_index and text_len in any integer dtype (the kernels narrow them to int32 as they load them: no conversion
+    # kernel per call, which in a CUDA-graph decode step would be two launches per layer and channel)
+    text_len = text_len.to(device=q.device)
     text_bias = text_bias.to(device=q.device, dtype=torch.float32)
     count = counts is not None
     counts = counts if count else text_len  # a pointer the kernel never touches without COUNT

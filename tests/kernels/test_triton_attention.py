@@ -244,3 +244,18 @@ def test_walk_is_checked():
     with pytest.raises(ValueError, match="walk sets the prefill path's frame-key walk"):
         check(functools.partial(decode, walk="ranged"), rule, decode_queries(rule, [5, 2]), [5, 2], [1.4, 0.0],
               device=DEVICE)
+
+
+@pytest.mark.parametrize("path", triton_attention.PATHS)
+def test_index_dtypes_give_the_same_bits(path):
+    """q_index and text_len in int64 (as the runner passes them) or int32: the kernels narrow them as they load
+    them (no conversion kernel per call), with the same result."""
+    rule = AttentionRule(Pass.STAGE2, "temporal", 1, SMALL_GEOMETRY, text_capacity=5)
+    q_index = (decode_queries(rule, [5, 2]) if path == "decode" else all_positions(rule, [5, 2])).to(DEVICE)
+    k, v = make_cache(rule, [5, 2], 2, 1, 16, torch.float32, DEVICE)
+    q = torch.randn(2, 1, q_index.shape[1], 16, device=DEVICE)
+    bias = torch.tensor([1.4, 0.0], device=DEVICE)
+    wide = kernel(q, k, v, q_index, torch.tensor([5, 2], device=DEVICE), bias, rule, path=path)
+    narrow = kernel(q, k, v, q_index.int(), torch.tensor([5, 2], device=DEVICE, dtype=torch.int32), bias, rule,
+                    path=path)
+    assert torch.equal(wide, narrow)

@@ -1,7 +1,7 @@
 """Where a decode step's time goes, by GPU kernel (CUDA) or operator (CPU): one table, JSON rows in bench/results/.
 
     python bench/run_step_profile.py [--model tiny|medium|real] [--device cuda|cpu] [--rows 1] [--steps 10]
-                                     [--no-cuda-graphs] [--out F]
+                                     [--no-cuda-graphs] [--decode-weights bf16] [--out F]
 
 The step measured is the stage-2 wavefront's: a cache of ``--rows`` rows (texts of 9 tokens, 3 random given
 frames, prefilled), two positions fed per step (slots 3 and 4), on the runner as the engine makes it (the default
@@ -18,7 +18,9 @@ synchronised after each step) and then ``--steps`` more under ``torch.profiler``
 The summary row (``name`` = ``(step)``) holds ``step_ms``, ``busy_ms`` (the kernels' device time per step, or the
 operators' self CPU time), ``launches_per_step``, ``idle_fraction`` (1 - busy / step: on CUDA the launch gaps and
 host work the device waits for), the weight bytes a step streams and ``weight_floor_ms`` at the read bandwidth
-measured in the same run (``run_generation.read_bandwidth``), and ``by_kind_ms``.
+measured in the same run (``run_generation.read_bandwidth``), and ``by_kind_ms``. ``--decode-weights bf16`` (CPU):
+the decode stack streams bf16 copies of its weight matrices (``ModelRunner(decode_weights=torch.bfloat16)``), and
+the streamed bytes count those matrices at 2 bytes.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cogvideo_engine.generation.runner import ModelRunner, layouts_for, weight_bytes
+from cogvideo_engine.models.config import NUM_IMAGE_TOKENS
 
 from run_attention import DTYPES, JsonRows, environment
 from run_generation import build, read_bandwidth
@@ -49,11 +52,11 @@ def kind_of(name: str) -> str:
     return next((kind for kind, pattern in KINDS if pattern.search(name)), "other")
 
 
-def prepared_step(model, rows: int, device: str, cuda_graphs: bool):
+def prepared_step(model, rows: int, device: str, cuda_graphs: bool, decode_weights: torch.dtype | None = None):
     """(a function that feeds the next step, the runner): the stage-2 cache prefilled, positions advancing."""
     gen = torch.Generator().manual_seed(0)
     frame_len = model.config.geometry.frame_len
-    runner = ModelRunner(model, None, cuda_graphs=cuda_graphs and device == "cuda")
+    runner = ModelRunner(model, None, cuda_graphs=cuda_graphs and device == "cuda", decode_weights=decode_weights)
     cache = runner.new_cache(layouts_for(model, "stage2", [9] * rows, 2), text_capacity=74)
     texts = [torch.randint(20100, 20200, (9,), generator=gen) for _ in range(rows)]
     given = torch.randint(0, 20000, (rows, 3, frame_len), generator=gen)
@@ -104,11 +107,23 @@ def profile(step, steps: int, device: str, stack=None) -> list[dict]:
     return sorted(out, key=lambda r: -r["us_per_step"])
 
 
+def streamed_bytes(model, decode_weights: torch.dtype | None) -> int:
+    """Weight bytes a decode step streams: :func:`weight_bytes`, with bf16 decode weights its matrices (every 2-D
+    layer weight and the logits head) at 2 bytes."""
+    streamed = weight_bytes(model)
+    if decode_weights is None:
+        return streamed
+    params = list(model.transformer.layers.parameters()) + list(model.mixins["attention_plus"].parameters())
+    matrices = sum(p.numel() for p in params if p.dim() == 2) + NUM_IMAGE_TOKENS * model.config.hidden_size
+    return streamed - matrices * 2
+
+
 def run(rows_out: JsonRows, name: str, device: str, dtype: torch.dtype, rows: int, steps: int, warmup: int,
-        cuda_graphs: bool) -> JsonRows:
+        cuda_graphs: bool, decode_weights: torch.dtype | None = None) -> JsonRows:
     model = build(name, 2, device, dtype)
-    step, runner = prepared_step(model, rows, device, cuda_graphs)
+    step, runner = prepared_step(model, rows, device, cuda_graphs, decode_weights)
     env = {**environment(device), "bench": "step_profile", "model": name, "dtype": str(dtype).removeprefix("torch."),
+           "decode_weights": str(decode_weights or dtype).removeprefix("torch."),
            "rows": rows, "positions_per_step": 2, "cuda_graphs": bool(runner.cuda_graphs)}
     bandwidth = read_bandwidth(device)
     for _ in range(warmup):
@@ -130,7 +145,7 @@ def run(rows_out: JsonRows, name: str, device: str, dtype: torch.dtype, rows: in
             "decode_stack" if e["name"].startswith("decode_stack.") else "operator")
         e["share_of_busy"] = e["us_per_step"] / 1e3 / busy_ms if busy_ms else 0.0
         by_kind[e["kind"]] = by_kind.get(e["kind"], 0.0) + e["us_per_step"] / 1e3
-    streamed = weight_bytes(model)
+    streamed = streamed_bytes(model, decode_weights)
     rows_out.append({**env, "name": "(step)", "step_ms": step_ms, "busy_ms": busy_ms,
                      "launches_per_step": sum(e["calls_per_step"] for e in entries) if device == "cuda" else None,
                      "idle_fraction": max(0.0, 1 - busy_ms / step_ms), "weight_bytes": streamed,
@@ -144,7 +159,8 @@ def run(rows_out: JsonRows, name: str, device: str, dtype: torch.dtype, rows: in
 def print_table(rows: list[dict], top: int = 25):
     for s in (r for r in rows if r["name"] == "(step)"):
         launches = f", {s['launches_per_step']:.0f} launches" if s["launches_per_step"] is not None else ""
-        print(f"{s['model']} {s['device']} {s['dtype']} rows {s['rows']} (cuda graphs {s['cuda_graphs']}): step "
+        print(f"{s['model']} {s['device']} {s['dtype']} (weights {s['decode_weights']}) rows {s['rows']} "
+              f"(cuda graphs {s['cuda_graphs']}): step "
               f"{s['step_ms']:.3f} ms, busy {s['busy_ms']:.3f} ms{launches}, idle {s['idle_fraction']:.0%}, weight "
               f"floor {s['weight_floor_ms']:.3f} ms ({s['read_gbytes_per_s']:.0f} GB/s)")
         print("  by kind (ms/step): " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(s["by_kind_ms"].items(),
@@ -164,6 +180,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10, help="steps timed, then as many profiled")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--no-cuda-graphs", action="store_true")
+    p.add_argument("--decode-weights", choices=["bf16"], help="CPU: the decode stack on bf16 copies of the weights")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     if args.rows < 1 or args.steps < 1 or args.warmup < 0:
@@ -172,7 +189,7 @@ def main(argv=None) -> int:
     stamp = time.strftime("%Y-%m-%d")
     out = args.out or Path(__file__).parent / "results" / f"step-profile-{args.model}-{args.device}-{stamp}.json"
     rows = run(JsonRows(out), args.model, args.device, dtype, args.rows, args.steps, args.warmup,
-               not args.no_cuda_graphs)
+               not args.no_cuda_graphs, DTYPES[args.decode_weights] if args.decode_weights else None)
     print_table(rows)
     print(f"wrote {len(rows)} rows to {out}")
     return 0

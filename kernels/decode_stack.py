@@ -25,12 +25,15 @@ except ImportError as e:  # pure-Python install, or a build for another Python/t
     _C = None
     _IMPORT_ERROR = str(e)
 
-__all__ = ["LAYER_TENSORS", "DecodeStack", "decode_stack_available"]
+__all__ = ["LAYER_TENSORS", "MATRICES", "DecodeStack", "decode_stack_available"]
 
 LAYER_TENSORS = ("ln_in_w", "ln_in_b", "qkv_w", "qkv_b", "base_w", "base_b", "mixed_w", "mixed_b", "ln_third_w",
                  "ln_third_b", "ln_post_w", "ln_post_b", "up_w", "up_b", "down_w", "down_b", "ln_fourth_w",
                  "ln_fourth_b")
 """One layer's tensors, in the order :class:`DecodeStack` takes them (``cogvideo::DecodeLayer``)."""
+
+MATRICES = ("qkv_w", "base_w", "mixed_w", "up_w", "down_w", "head")
+"""The tensors the stack's linears stream (fp32 or bf16); every other one is fp32."""
 
 
 def decode_stack_available() -> tuple[bool, str]:
@@ -55,9 +58,11 @@ def _rule_arg(rule: AttentionRule) -> tuple:
 class DecodeStack:
     """A model's decode forward bound to its tensors (kept referenced here: they must not move while bound).
 
-    ``layers``: per layer a dict of the :data:`LAYER_TENSORS` (fp32 CPU tensors with a contiguous last dimension:
+    ``layers``: per layer a dict of the :data:`LAYER_TENSORS` (CPU tensors with a contiguous last dimension:
     ``qkv_w [3h * channels, h]``, ``base_w [h, h]``, ``mixed_w [h, 2h]``, ``up_w [F, h]``, ``down_w [h, F]``,
-    vectors ``[n]``); ``head [V, h]`` the logits head. Raises ``ValueError`` naming a tensor that does not fit.
+    vectors ``[n]``); ``head [V, h]`` the logits head. Vectors are fp32; the weight matrices and the head fp32 or
+    bf16 (:data:`MATRICES`; a bf16 matrix is widened exactly as the linear reads it, so the step computes in fp32
+    with the bf16-rounded weights at half their bytes). Raises ``ValueError`` naming a tensor that does not fit.
     """
 
     def __init__(self, layers: list[dict[str, torch.Tensor]], final_ln_w: torch.Tensor, final_ln_b: torch.Tensor,
@@ -66,9 +71,13 @@ class DecodeStack:
         if not ok:
             raise RuntimeError(f"the decode stack needs the compiled extension: {why}")
         tensors = [[layer[name] for name in LAYER_TENSORS] for layer in layers]
-        for t in [x for layer in tensors for x in layer] + [final_ln_w, final_ln_b, head]:
-            if t.device.type != "cpu" or t.dtype != torch.float32:
-                raise ValueError(f"the decode stack takes fp32 CPU tensors, got {t.dtype} on {t.device}")
+        named = [(name, t) for layer in layers for name, t in layer.items()] + [
+            ("final_ln_w", final_ln_w), ("final_ln_b", final_ln_b), ("head", head)]
+        for name, t in named:
+            dtypes = (torch.float32, torch.bfloat16) if name in MATRICES else (torch.float32,)
+            if t.device.type != "cpu" or t.dtype not in dtypes:
+                raise ValueError(f"the decode stack takes {name} as a {' or '.join(map(str, dtypes))} CPU tensor, "
+                                 f"got {t.dtype} on {t.device}")
         self._tensors = (tensors, final_ln_w, final_ln_b, head)  # what the C++ side points into
         self.vocab = head.shape[0]
         self._stack = _C.DecodeStack([[_arg(t) for t in layer] for layer in tensors], _arg(final_ln_w),

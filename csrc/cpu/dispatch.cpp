@@ -235,9 +235,9 @@ void require_vector(const TensorView& t, int64_t n, const std::string& name) {
 }
 
 void require_matrix(const TensorView& t, int64_t rows, int64_t cols, const std::string& name) {
-  require(t.data != nullptr && t.dtype == DType::kFloat32 && t.ndim == 2 && t.shape[0] >= rows &&
-              t.shape[1] == cols && t.stride[1] == 1,
-          name + " must be an fp32 [" + std::to_string(rows) + ", " + std::to_string(cols) +
+  require(t.data != nullptr && (t.dtype == DType::kFloat32 || t.dtype == DType::kBFloat16) && t.ndim == 2 &&
+              t.shape[0] >= rows && t.shape[1] == cols && t.stride[1] == 1,
+          name + " must be an fp32 or bf16 [" + std::to_string(rows) + ", " + std::to_string(cols) +
               "] matrix with a contiguous last dimension");
 }
 

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from cogvideo_engine.kernels.batch_invariant import linear_rows, linear_rows_available
-from cogvideo_engine.kernels.decode_stack import DecodeStack, decode_stack_available
+from cogvideo_engine.kernels.decode_stack import MATRICES, DecodeStack, decode_stack_available
 from cogvideo_engine.kernels.layout import SPATIAL, TEMPORAL, AttentionRule
 from cogvideo_engine.kernels.reference import compute_dtype, text_lengths_checked
 from cogvideo_engine.kernels.registry import default_backend, get_backend
@@ -211,7 +211,8 @@ class ModelRunner:
     """How many runners fused a model's weights in this process (each fuses once, when made)."""
 
     def __init__(self, model: CogVideoModel, backend=None, *, cuda_graphs: bool | None = None,
-                 batch_invariant: bool | None = None, decode_stack: bool | None = None):
+                 batch_invariant: bool | None = None, decode_stack: bool | None = None,
+                 decode_weights: torch.dtype | None = None):
         """``backend``: a backend name (None: the best available) or an attention function with the contract
         of ``kernels.reference.window_attention`` (e.g. a benchmark's baseline). ``cuda_graphs``: replay decode
         steps as CUDA graphs (None: on CUDA with a fused backend, ``triton`` or ``cuda``). ``batch_invariant``:
@@ -219,7 +220,10 @@ class ModelRunner:
         says it applies -- CPU, fp32, the extension built; True where it does not is an error). ``decode_stack``:
         batch-invariant decode steps as one C++ call (:mod:`~cogvideo_engine.kernels.decode_stack`; None: where it
         applies -- batch-invariant, the csrc CPU attention, one rank; True where it does not is an error; False:
-        the Python forward, its twin).
+        the Python forward, its twin). ``decode_weights``: ``torch.bfloat16`` runs the decode stack's linears on
+        bf16 copies of the weight matrices and the logits head (half the bytes a step streams; the arithmetic stays
+        fp32, with the bf16-rounded weights: not the model's exact logits); None (default) or ``torch.float32``:
+        the model's fp32 weights. It needs the decode stack (an error where that cannot run).
 
         A tensor-parallel shard (:func:`~cogvideo_engine.parallel.sharding.load_model_shard`, bound to its
         group) runs its heads; on the driver rank the runner is mirrored on the other ranks (the backend must be
@@ -269,9 +273,14 @@ class ModelRunner:
         start = cfg.geometry.extra_table_start  # position id -> row of [base[:start] | extra]
         self.position_table = torch.cat([model.transformer.position_embeddings.weight[:start],
                                          model.mixins["extra_position_embedding"].position_embeddings.weight])
+        if decode_weights not in (None, torch.float32, torch.bfloat16):
+            raise ValueError(f"decode_weights must be None, torch.float32 or torch.bfloat16, got {decode_weights}")
+        self.decode_weights = decode_weights if decode_weights is not torch.float32 else None
         possible, why = self._decode_stack_status()
-        if decode_stack and not possible:
-            raise ValueError(f"decode_stack cannot run here: {why}")
+        if (decode_stack or self.decode_weights is not None) and (not possible or decode_stack is False):
+            why = why if not possible else "decode_stack=False"
+            raise ValueError(f"decode_stack{' (decode_weights=bfloat16 needs it)' if decode_weights else ''} "
+                             f"cannot run here: {why}")
         self.decode_stack = self._bind_decode_stack() if possible and decode_stack is not False else None
         ModelRunner.fusions += 1
         self.last_logits: torch.Tensor | None = None  # a tensor-parallel forward's gathered logits (for checks)
@@ -308,6 +317,8 @@ class ModelRunner:
         return decode_stack_available()
 
     def _bind_decode_stack(self) -> DecodeStack:
+        """The decode stack over the model's tensors and the fused copies (with ``decode_weights``: bf16 copies of
+        the matrices, made here)."""
         model = self.model
         layers = [dict(ln_in_w=layer.input_layernorm.weight, ln_in_b=layer.input_layernorm.bias,
                        qkv_w=w.qkv_w, qkv_b=w.qkv_b, base_w=w.base_out_w, base_b=w.base_out_b,
@@ -320,8 +331,13 @@ class ModelRunner:
                        ln_fourth_w=layer.fourth_layernorm.weight, ln_fourth_b=layer.fourth_layernorm.bias)
                   for layer, w in zip(model.transformer.layers, self.layers, strict=True)]
         final = model.transformer.final_layernorm
-        return DecodeStack(layers, final.weight, final.bias, self.logits_head, heads=self.heads,
-                           head_dim=self.head_dim, eps=final.eps)
+        head = self.logits_head
+        if self.decode_weights is not None:
+            layers = [{n: t.to(self.decode_weights) if n in MATRICES else t for n, t in layer.items()}
+                      for layer in layers]
+            head = head.to(self.decode_weights)
+        return DecodeStack(layers, final.weight, final.bias, head, heads=self.heads, head_dim=self.head_dim,
+                           eps=final.eps)
 
     def new_cache(self, layouts: list[StreamLayout], *, text_capacity: int | None = None,
                   capacity: int | None = None) -> StaticCache:

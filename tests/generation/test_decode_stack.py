@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cogvideo_engine.generation.runner import ModelRunner, layouts_for
-from cogvideo_engine.kernels.decode_stack import LAYER_TENSORS, DecodeStack, decode_stack_available
+from cogvideo_engine.kernels.decode_stack import LAYER_TENSORS, MATRICES, DecodeStack, decode_stack_available
 from cogvideo_engine.kernels.rules import Pass
 
 from helpers.models import SMALL_BOI, SMALL_GEOMETRY, small_model
@@ -100,7 +100,7 @@ def test_decode_stack_refuses_what_does_not_fit():
                  down_w=mlp.dense_4h_to_h.weight)
     with pytest.raises(ValueError, match="ln_in_w must be a contiguous fp32 vector of 32"):
         DecodeStack([layer], torch.ones(32), torch.zeros(32), runner.logits_head, heads=2, head_dim=16, eps=1e-5)
-    with pytest.raises(ValueError, match="fp32 CPU tensors"):
+    with pytest.raises(ValueError, match=r"takes up_b as a torch\.float32 CPU tensor, got torch\.float64"):
         DecodeStack([{**layer, "up_b": torch.zeros(4, dtype=torch.float64)}], torch.ones(32), torch.zeros(32),
                     runner.logits_head, heads=2, head_dim=16, eps=1e-5)
     with pytest.raises(ValueError, match="decode_stack cannot run here: it runs the csrc CPU attention"):
@@ -118,3 +118,47 @@ def test_decode_stack_says_where_a_steps_time_went():
     _feed(runner, model, Pass.STAGE2, texts, given, torch.full((1,), 1.4), [([(3, 0)], torch.tensor([[5]]))])
     t = runner.decode_stack.last_timings
     assert t["linear"] > 0 and t["attention"] > 0 and t["linear"] + t["attention"] <= t["total"], t
+
+
+def test_bf16_decode_weights_are_the_fp32_stack_on_the_rounded_weights():
+    """``decode_weights=torch.bfloat16``: the stack streams bf16 copies of its matrices and the logits head, and its
+    logits are bit for bit the fp32 stack's on those matrices widened back (the linears widen them exactly as they
+    read them); against the model's own fp32 logits they differ by the weights' rounding."""
+    model = small_model(2)
+    half = ModelRunner(model, "cpu", decode_weights=torch.bfloat16)
+    tensors, final_w, final_b, head = half.decode_stack._tensors
+    assert all(t.dtype == torch.bfloat16 for layer in tensors for n, t in zip(LAYER_TENSORS, layer, strict=True)
+               if n in MATRICES) and head.dtype == torch.bfloat16
+    widened = ModelRunner(model, "cpu")
+    layers = [{n: t.float() if n in MATRICES else t for n, t in zip(LAYER_TENSORS, layer, strict=True)}
+              for layer in tensors]
+    widened.decode_stack = DecodeStack(layers, final_w, final_b, head.float(), heads=half.heads,
+                                       head_dim=half.head_dim, eps=1e-5)
+    full = ModelRunner(model, "cpu")
+    gen = torch.Generator().manual_seed(8)
+    texts = [torch.randint(20000, SMALL_BOI, (t,), generator=gen) for t in (4, 7)]
+    given = torch.randint(0, 20000, (2, 3, FRAME), generator=gen)
+    steps = [([(3, p), (4, p)], torch.randint(0, 20000, (2, 2), generator=gen)) for p in range(6)]
+    runs = [torch.cat(_feed(r, model, Pass.STAGE2, texts, given, torch.full((2,), 1.4), steps)[0], 1)
+            for r in (half, widened, full)]
+    assert torch.equal(runs[0], runs[1])
+    rel = float((runs[0] - runs[2]).abs().max() / runs[2].abs().max())
+    assert 0 < rel < 0.05, rel  # (a sanity bound: the exactness above is the check)
+
+
+def test_bf16_decode_weights_need_the_decode_stack():
+    model = small_model(2)
+    with pytest.raises(ValueError, match=r"decode_weights must be None, torch\.float32 or torch\.bfloat16"):
+        ModelRunner(model, "cpu", decode_weights=torch.float16)
+    with pytest.raises(ValueError, match=r"decode_stack \(decode_weights=bfloat16 needs it\) cannot run here: "
+                                         "decode_stack=False"):
+        ModelRunner(model, "cpu", decode_stack=False, decode_weights=torch.bfloat16)
+    with pytest.raises(ValueError, match="cannot run here: it runs the csrc CPU attention"):
+        ModelRunner(model, "reference", decode_weights=torch.bfloat16)
+    assert ModelRunner(model, "cpu", decode_weights=torch.float32).decode_weights is None
+    with pytest.raises(ValueError, match=r"takes ln_in_w as a torch\.float32 CPU tensor, got torch\.bfloat16"):
+        runner = ModelRunner(model, "cpu")
+        tensors, final_w, final_b, head = runner.decode_stack._tensors
+        layers = [dict(zip(LAYER_TENSORS, layer, strict=True)) for layer in tensors]
+        layers[0]["ln_in_w"] = layers[0]["ln_in_w"].bfloat16()
+        DecodeStack(layers, final_w, final_b, head, heads=runner.heads, head_dim=runner.head_dim, eps=1e-5)

@@ -24,7 +24,8 @@
 
 namespace cogvideo {
 
-// One layer's parameters: fp32, 1-D vectors [n] and 2-D weights [N, K] with a contiguous last dimension.
+// One layer's parameters: 1-D fp32 vectors [n] and 2-D weights [N, K] with a contiguous last dimension, fp32 or
+// bf16 (linear_rows_cpu widens a bf16 weight as it reads it: half the bytes streamed).
 struct DecodeLayer {
   TensorView ln_in_w, ln_in_b;
   TensorView qkv_w, qkv_b;          // [3h * channels (of the widest pass), h]
@@ -52,7 +53,7 @@ struct DecodeChannel {
 struct DecodeStack {
   std::vector<DecodeLayer> layers;
   TensorView final_ln_w, final_ln_b;
-  TensorView head;  // [V, h]: the logits head
+  TensorView head;  // [V, h]: the logits head (fp32 or bf16, like the layers' weights)
   int heads = 0;
   int head_dim = 0;
   float eps = 1e-5f;
@@ -66,7 +67,7 @@ struct DecodeTimings {
   double total = 0.0;
 };
 
-// Checks a stack's tensors against each other (shapes, fp32, contiguous last dimensions); throws InvalidArgument.
+// Checks a stack's tensors against each other (shapes, dtypes, contiguous last dimensions); throws InvalidArgument.
 void validate_decode_stack(const DecodeStack& stack);
 
 // One decode forward over `batch` rows of `num_q` queries each: x [batch * num_q, h] (fp32, contiguous, updated in

@@ -144,13 +144,6 @@ if [ -z "$DRY" ]; then
     # shellcheck disable=SC2046,SC2086
     step engine-gpu-tests 120 -- env $(pytest_env engine-gpu-tests) \
         "$PY" -m pytest -v -p no:cacheprovider -m gpu $ENGINE_GPU_TESTS --junitxml="$results/engine-gpu-tests.xml"
-    if [ "$MODE" = full ]; then IMPLS="--impl triton --impl triton-ranged --impl cuda --impl sdpa --impl gather"
-    else IMPLS="--impl triton --impl triton-ranged --impl sdpa --impl gather"; fi
-    # shellcheck disable=SC2086
-    step bench-window 40 -- "$PY" bench/run_attention.py --device cuda --dtype bf16 $IMPLS \
-        --out "$results/attention-bf16.json"
-    step bench-local 45 -- "$PY" bench/run_local_attention.py --device cuda --dtype bf16 --frames 12 \
-        --out "$results/local-attention-bf16.json"
     # the real 7.7 B shapes (random weights drawn on the GPU): guided stage-1 frame and stage-2 window on the
     # wavefront (CUDA-graph decode steps), then 12 frames of super-resolution
     step generation-real 60 -- "$PY" bench/run_generation.py --model real --device cuda --schedule wavefront \
@@ -158,6 +151,13 @@ if [ -z "$DRY" ]; then
     # where the real-shape decode step's time goes: every kernel of a CUDA-graph step, its launches and device time
     step profile-real 45 -- "$PY" bench/run_step_profile.py --model real --device cuda --rows 1 --steps 10 \
         --out "$results/step-profile-real.json"
+    if [ "$MODE" = full ]; then IMPLS="--impl triton --impl triton-ranged --impl cuda --impl sdpa --impl gather"
+    else IMPLS="--impl triton --impl triton-ranged --impl sdpa --impl gather"; fi
+    # shellcheck disable=SC2086
+    step bench-window 40 -- "$PY" bench/run_attention.py --device cuda --dtype bf16 $IMPLS \
+        --out "$results/attention-bf16.json"
+    step bench-local 45 -- "$PY" bench/run_local_attention.py --device cuda --dtype bf16 --frames 12 \
+        --out "$results/local-attention-bf16.json"
     step generation-medium 30 -- "$PY" bench/run_generation.py --model medium --device cuda --sr-frames 0 \
         --out "$results/generation-medium.json"
     # shellcheck disable=SC2086
@@ -176,14 +176,14 @@ else  # the same steps in a CPU form with smaller budgets: the kernel tests' CPU
     # shellcheck disable=SC2046,SC2086
     step engine-gpu-tests 20 -- env $(pytest_env engine-gpu-tests) "$PY" -m pytest -q -p no:cacheprovider -m gpu \
         $ENGINE_GPU_TESTS --junitxml="$results/engine-gpu-tests.xml"
-    step bench-window 15 needs-ext -- "$PY" bench/run_attention.py --device cpu --impl cpu --impl sdpa \
-        --case stage2-decode-b1-q1 --case stage1-decode-b8-q1 --reps 2 --out "$results/attention-cpu.json"
-    step bench-local 15 needs-ext -- "$PY" bench/run_local_attention.py --device cpu --impl cpu --reps 1 \
-        --out "$results/local-attention-cpu.json"
     step generation-real 60 -- "$PY" bench/run_generation.py --model tiny --device cpu --skip-passes \
         --sr-frames 1 --out "$results/generation-tiny-sr.json"
     step profile-real 20 -- "$PY" bench/run_step_profile.py --model tiny --device cpu --steps 3 \
         --out "$results/step-profile-tiny.json"
+    step bench-window 15 needs-ext -- "$PY" bench/run_attention.py --device cpu --impl cpu --impl sdpa \
+        --case stage2-decode-b1-q1 --case stage1-decode-b8-q1 --reps 2 --out "$results/attention-cpu.json"
+    step bench-local 15 needs-ext -- "$PY" bench/run_local_attention.py --device cpu --impl cpu --reps 1 \
+        --out "$results/local-attention-cpu.json"
     step generation-medium 30 -- "$PY" bench/run_generation.py --model tiny --device cpu --sr-frames 0 \
         --schedule wavefront --out "$results/generation-tiny.json"
 fi

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ["gpu", "build", "info", "ctest", "kernel-tests", "engine-gpu-tests", "bench-window", "bench-local",
-         "generation-real", "profile-real", "generation-medium"]
+STEPS = ["gpu", "build", "info", "ctest", "kernel-tests", "engine-gpu-tests", "generation-real", "profile-real",
+         "bench-window", "bench-local", "generation-medium"]
 KILL_GRACE = 10  # timeout -k
 
 

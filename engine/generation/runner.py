@@ -277,10 +277,11 @@ class ModelRunner:
             raise ValueError(f"decode_weights must be None, torch.float32 or torch.bfloat16, got {decode_weights}")
         self.decode_weights = decode_weights if decode_weights is not torch.float32 else None
         possible, why = self._decode_stack_status()
-        if (decode_stack or self.decode_weights is not None) and (not possible or decode_stack is False):
-            why = why if not possible else "decode_stack=False"
-            raise ValueError(f"decode_stack{' (decode_weights=bfloat16 needs it)' if decode_weights else ''} "
-                             f"cannot run here: {why}")
+        if decode_stack and not possible:
+            raise ValueError(f"decode_stack cannot run here: {why}")
+        if self.decode_weights is not None and (not possible or decode_stack is False):
+            raise ValueError("decode_stack (decode_weights=bfloat16 needs it) cannot run here: "
+                             f"{why if not possible else 'decode_stack=False'}")
         self.decode_stack = self._bind_decode_stack() if possible and decode_stack is not False else None
         ModelRunner.fusions += 1
         self.last_logits: torch.Tensor | None = None  # a tensor-parallel forward's gathered logits (for checks)
